@@ -1,0 +1,1 @@
+"""MIND data layer: schema, validating reader, Parquet store, download, synthetic generator."""

@@ -1,0 +1,1 @@
+"""Offline evaluation: ranking, diversity and prediction-file utilities."""

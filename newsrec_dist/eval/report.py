@@ -1,0 +1,50 @@
+"""Markdown report of a pipeline run: data, row accounting, metrics, stage timings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from newsrec_dist.eval.evaluate import metrics_markdown
+from newsrec_dist.io import atomic_write_text
+
+
+def _accounting_table(summary: dict[str, Any]) -> str:
+    lines = ["| file | read | kept | rejected | top reasons |", "|---|---:|---:|---:|---|"]
+    for entry in summary["files"]:
+        reasons = ", ".join(f"{reason} ({count})" for reason, count in list(entry["reasons"].items())[:3]) or "-"
+        lines.append(f"| {entry['path']} | {entry['read']} | {entry['kept']} | {entry['rejected']} | {reasons} |")
+    return "\n".join(lines)
+
+
+def _synth_section(stats: dict[str, Any]) -> str:
+    keys = ("users", "news", "impressions", "clicks", "clicks_per_impression", "candidates_per_impression",
+            "history_clicks_per_user", "short_history_user_share")
+    rows = [f"| {key} | {stats[key]:.4g} |" if isinstance(stats[key], float) else f"| {key} | {stats[key]} |"
+            for key in keys]
+    return "\n".join(["| statistic | value |", "|---|---:|", *rows])
+
+
+def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, float]) -> Path:
+    """Write ``<work_dir>/report.md`` from what the stages produced; returns its path."""
+    sections = [f"# newsrec-dist report: {cfg.experiment_name}", ""]
+    sections += [f"Data: `{cfg.data.name}` ({cfg.data.source}), evaluated on split `{cfg.eval.split}`.", ""]
+    if "synth" in outputs:
+        sections += ["## Generated data", "", _synth_section(outputs["synth"]), ""]
+    if "prepare" in outputs:
+        summary = outputs["prepare"]
+        sections += ["## Row accounting (read = kept + rejected)", "",
+                     f"{summary['rows_read']} rows read, {summary['rows_kept']} kept, "
+                     f"{summary['rows_rejected']} rejected.", "", _accounting_table(summary), ""]
+    if "eval" in outputs:
+        sections += ["## Metrics (per impression, then averaged; MIND definitions)", "",
+                     metrics_markdown(outputs["eval"], cfg.eval.diversity_k), "",
+                     f"`new` users have at most {cfg.eval.cold_history_max} history clicks.", ""]
+    sections += ["## Stage timings", "", "| stage | seconds |", "|---|---:|",
+                 *[f"| {name} | {seconds:.1f} |" for name, seconds in timings.items()], ""]
+    sections += ["## Configuration", "", "```yaml", OmegaConf.to_yaml(cfg).rstrip(), "```", ""]
+    path = Path(cfg.paths.work_dir) / "report.md"
+    atomic_write_text(path, "\n".join(sections))
+    return path

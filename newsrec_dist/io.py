@@ -1,0 +1,116 @@
+"""Artifact helpers: atomic directory writes, file hashing and stage manifests.
+
+Every stage writes its output directory through :func:`atomic_dir` (temp dir + rename), so a
+kill leaves either the previous complete artifact or nothing, and records a ``manifest.json``
+that lets a re-run with the same inputs and config skip the stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from newsrec_dist import __version__
+
+MANIFEST_NAME = "manifest.json"
+_HASH_CHUNK = 8 * 1024 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks (MIND-large files are gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout."""
+    repo_root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo_root), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+{commit}"
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temp directory beside ``final``; on success it replaces ``final`` in one rename."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        trash = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        final.rename(trash)
+        tmp.rename(final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file via temp file + rename so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class Manifest:
+    """What produced an artifact: enough to decide whether re-running the stage is a no-op."""
+
+    stage: str
+    inputs: dict[str, str]
+    config: dict[str, Any]
+    rows: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    code_version: str = field(default_factory=code_version)
+    created_unix: float = field(default_factory=time.time)
+
+    def fingerprint(self) -> str:
+        """Hash of stage, inputs and config: equal fingerprints mean equal outputs."""
+        payload = json.dumps([self.stage, self.inputs, self.config], sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def write(self, directory: Path) -> None:
+        body = asdict(self) | {"fingerprint": self.fingerprint()}
+        atomic_write_text(Path(directory) / MANIFEST_NAME, json.dumps(body, indent=2, default=str))
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def is_up_to_date(directory: Path, stage: str, inputs: Mapping[str, str], config: Mapping[str, Any]) -> bool:
+    """True when ``directory`` holds a complete artifact made from these inputs and config."""
+    existing = read_manifest(directory)
+    if existing is None:
+        return False
+    wanted = Manifest(stage=stage, inputs=dict(inputs), config=dict(config))
+    return existing.get("fingerprint") == wanted.fingerprint()
