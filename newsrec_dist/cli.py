@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from omegaconf import DictConfig
 from rich.console import Console
 
-from newsrec_dist.config import as_object, load_config
+from newsrec_dist.config import ConfigError, as_object, load_config
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="MIND data: synthesize, download, prepare.")
@@ -26,10 +26,13 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(help="config overrides
 
 def _compose(overrides: list[str] | None, **shorthands: object) -> DictConfig:
     extra = [f"{key}={value}" for key, value in shorthands.items() if value is not None]
-    return load_config(extra + list(overrides or []))
+    try:
+        return load_config(extra + list(overrides or []))
+    except ConfigError as error:
+        _fail(error)
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: Exception) -> NoReturn:
     console.print(f"[bold red]error:[/] {error}")
     raise typer.Exit(code=2)
 

@@ -14,9 +14,14 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR_ENV = "NEWSREC_CONF_DIR"
+
+
+class ConfigError(ValueError):
+    """An override or config file that does not compose or does not match the typed schema."""
 
 
 @dataclass
@@ -43,7 +48,7 @@ class SynthConfig:
     train_days: int = 6
     dev_days: int = 1
     start_date: str = "2019-11-09"
-    chunk_users: int = 20000
+    chunk_impressions: int = 200_000  # users are streamed in chunks of about this many impressions
 
 
 @dataclass
@@ -114,8 +119,12 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
     """Compose ``conf/config.yaml`` with Hydra-style ``key=value`` overrides and resolve it."""
     _register_schemas()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides or []))
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides or []))
+    except HydraException as error:
+        cause = f": {error.__cause__}" if error.__cause__ else ""
+        raise ConfigError(f"{error}{cause}") from error
     OmegaConf.resolve(cfg)
     return cfg
 

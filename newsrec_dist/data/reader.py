@@ -171,6 +171,9 @@ def check_entities(checker: RowChecker, column: pa.Array, name: str) -> None:
         except json.JSONDecodeError as error:
             checker.fail_each([index], [f"{name} is not valid JSON ({error.msg} at char {error.pos})"])
             continue
+        except (ValueError, RecursionError):  # e.g. a >4300-digit integer, or nesting too deep
+            checker.fail_each([index], [f"{name} is not valid JSON (too large or too deeply nested)"])
+            continue
         if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
             checker.fail_each([index], [f"{name} must be a JSON list of entity objects"])
 
@@ -239,14 +242,16 @@ class SeenImpressionIds:
 
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
-    def first_occurrences(self, block_ids: np.ndarray) -> np.ndarray:
+    def first_occurrences(self, block_ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Rows among ``candidates`` whose id was not kept before (rejected rows do not count)."""
         seen_before = np.zeros(len(block_ids), dtype=bool)
         if len(self.ids):
             positions = np.minimum(np.searchsorted(self.ids, block_ids), len(self.ids) - 1)
             seen_before = self.ids[positions] == block_ids
-        _, first_index = np.unique(block_ids, return_index=True)
+        rows = np.flatnonzero(candidates)
+        _, first_index = np.unique(block_ids[rows], return_index=True)
         first_in_block = np.zeros(len(block_ids), dtype=bool)
-        first_in_block[first_index] = True
+        first_in_block[rows[first_index]] = True
         return ~seen_before & first_in_block
 
     def add(self, block_ids: np.ndarray) -> None:
@@ -264,12 +269,14 @@ def iter_behaviors(
             block, bad_utf8, len(schema.BEHAVIORS_COLUMNS))
         check_pattern(checker, impression_id, schema.IMPRESSION_ID_PATTERN, "impression_id must be an integer")
         ids = pc.cast(pc.if_else(pa.array(checker.ok), impression_id, "0"), pa.int64()).to_numpy()
-        checker.fail(~seen.first_occurrences(ids) & checker.ok, "duplicate impression_id")
         check_pattern(checker, user_id, schema.USER_ID_PATTERN, "user_id must look like U123")
         times = pc.strptime(time_text, format=schema.MIND_TIME_FORMAT, unit="s", error_is_null=True)
         checker.fail(~_mask(pc.is_valid(times)), "time must look like 11/15/2019 8:55:22 AM")
         check_pattern(checker, history, schema.HISTORY_PATTERN, "history must be space-separated news ids")
         check_pattern(checker, impressions, pattern, _impressions_reason(labeled))
+        # Last, among otherwise valid rows only: a rejected row's id (or the "0" placeholder of an
+        # unparsable one) must not shadow a valid row, whatever the block boundaries.
+        checker.fail(~seen.first_occurrences(ids, checker.ok) & checker.ok, "duplicate impression_id")
         keep = reject_failed(sink, summary, block, checker)
         seen.add(ids[keep])
         batch = _behaviors_batch(keep, ids, user_id, times, history, impressions, labeled)

@@ -47,7 +47,6 @@ NEWS_ID_BASE = 100_000  # ids N100000.. have a fixed width, which lets rows be r
 USER_ID_BASE = 1_000_000
 MAX_CANDIDATES = 300
 MAX_HISTORY = 500
-IMPRESSIONS_PER_CHUNK = 200_000
 PROGRESS_FILE = ".synth-progress.json"
 
 
@@ -343,19 +342,20 @@ def sample_candidates(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fresh items shown at each impression time, ∝ popularity**bias, no repeats inside an impression."""
-    lengths = negative_binomial_lengths(rng, len(when), 2, cfg.candidates_mean, MAX_CANDIDATES)
-    owner = np.repeat(np.arange(len(when)), lengths)
+    wanted = negative_binomial_lengths(rng, len(when), 2, cfg.candidates_mean, MAX_CANDIDATES)
+    owner = np.repeat(np.arange(len(when)), wanted + 2 + wanted // 4)  # oversample: repeats are dropped
     low = np.searchsorted(catalogue.published, when - cfg.freshness_days * DAY, side="left")
-    high = np.searchsorted(catalogue.published, when, side="right")
     low = np.minimum(low, catalogue.size - 1)
-    high = np.maximum(high, low + 1)
+    high = np.maximum(np.searchsorted(catalogue.published, when, side="right"), low + 1)
     cdf_low = np.where(low > 0, shown_weight_cdf[np.maximum(low - 1, 0)], 0.0)
     cdf_high = shown_weight_cdf[high - 1]
     targets = cdf_low[owner] + rng.random(len(owner)) * (cdf_high - cdf_low)[owner]
     items = np.minimum(np.searchsorted(shown_weight_cdf, targets, side="right"), high[owner] - 1)
-    keys, first = np.unique(owner * np.int64(catalogue.size) + items, return_index=True)
+    _, first = np.unique(owner * np.int64(catalogue.size) + items, return_index=True)
     keep = np.sort(first)  # unique candidates in drawn order (np.unique sorts by item)
     owner, items = owner[keep], items[keep]
+    rank = np.arange(len(owner)) - ragged_offsets(np.bincount(owner, minlength=len(when)))[owner]
+    owner, items = owner[rank < wanted[owner]], items[rank < wanted[owner]]
     return items, ragged_offsets(np.bincount(owner, minlength=len(when)))
 
 
@@ -447,10 +447,10 @@ class SynthProgress:
     short_history_users: int = 0
 
 
-def chunk_bounds(impressions_per_user: np.ndarray) -> list[tuple[int, int]]:
-    """User ranges holding about IMPRESSIONS_PER_CHUNK impressions each (bounded memory)."""
+def chunk_bounds(impressions_per_user: np.ndarray, chunk_impressions: int) -> list[tuple[int, int]]:
+    """User ranges holding about ``chunk_impressions`` impressions each (bounded memory)."""
     cumulative = np.cumsum(impressions_per_user)
-    cuts = np.searchsorted(cumulative, np.arange(IMPRESSIONS_PER_CHUNK, cumulative[-1], IMPRESSIONS_PER_CHUNK))
+    cuts = np.searchsorted(cumulative, np.arange(chunk_impressions, cumulative[-1], chunk_impressions))
     edges = np.unique(np.concatenate([[0], cuts + 1, [len(impressions_per_user)]]))
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
@@ -516,7 +516,7 @@ def generate(cfg: SynthConfig, out_dir: Path, *, show_progress: bool = True) -> 
     Skips work when ``out_dir`` already holds data from the same config; resumes a killed run.
     """
     out_dir = Path(out_dir)
-    config = asdict(cfg) | {"chunk_impressions": IMPRESSIONS_PER_CHUNK}
+    config = asdict(cfg)
     if is_up_to_date(out_dir, "synth", {}, config):
         return json.loads((out_dir / "synth_stats.json").read_text())
     spec = resolve_scale(cfg)
@@ -533,21 +533,25 @@ def generate(cfg: SynthConfig, out_dir: Path, *, show_progress: bool = True) -> 
     return stats
 
 
+def history_samplers(catalogue: Catalogue, window_start: float) -> dict[str, GroupedSampler]:
+    """Samplers over news published before the log window: by subcategory, and popularity only."""
+    pool = np.flatnonzero(catalogue.published < window_start)
+    if len(pool) == 0:
+        raise ValueError("no news published before the log window: raise n_news or history_days")
+    weights = catalogue.base_popularity[pool]
+    return {
+        "history_by_sub": GroupedSampler(pool, catalogue.subcategory[pool], weights, len(catalogue.subcategories)),
+        "history_global": GroupedSampler(pool, np.zeros(len(pool), dtype=np.int64), weights, 1),
+    }
+
+
 def _generate_into(
     cfg: SynthConfig, spec: ScaleSpec, work: Path, progress: SynthProgress, show_progress: bool
 ) -> dict[str, Any]:
     rng = np.random.default_rng([cfg.seed, 0])
     start = window_start_seconds(cfg)
     catalogue = build_catalogue(cfg, spec, start, rng)
-    pool = np.flatnonzero(catalogue.published < start)
-    if len(pool) == 0:
-        raise ValueError("no news published before the log window: raise n_news or history_days")
-    pool_weights = catalogue.base_popularity[pool]
-    samplers = {
-        "history_by_sub": GroupedSampler(pool, catalogue.subcategory[pool], pool_weights,
-                                         len(catalogue.subcategories)),
-        "history_global": GroupedSampler(pool, np.zeros(len(pool), dtype=np.int64), pool_weights, 1),
-    }
+    samplers = history_samplers(catalogue, start)
     shown_weight_cdf = np.cumsum(catalogue.base_popularity ** cfg.shown_popularity_bias)
     activity = rng.lognormal(0.0, 1.0, size=spec.n_users)
     impressions_per_user = 1 + rng.multinomial(spec.n_impressions - spec.n_users, activity / activity.sum())
@@ -559,10 +563,9 @@ def _generate_into(
     writer = SynthWriter(work, progress, splits)
     days, clock = mind_time_table(start, cfg.train_days + cfg.dev_days)
     id_bytes = id_byte_table(catalogue)
-    bounds = chunk_bounds(impressions_per_user)
-    done = int(impressions_per_user[: bounds[progress.next_chunk][0]].sum()) if progress.next_chunk < len(bounds) else spec.n_impressions
+    bounds = chunk_bounds(impressions_per_user, cfg.chunk_impressions)
     with progress_bar("synth impressions", total=spec.n_impressions, enabled=show_progress) as advance:
-        advance(done)
+        advance(sum((progress.rows or {}).values()))  # rows written before a resume
         for chunk_index in range(progress.next_chunk, len(bounds)):
             first, last = bounds[chunk_index]
             chunk_rng = np.random.default_rng([cfg.seed, 2, chunk_index])
