@@ -6,6 +6,8 @@ import hashlib
 import logging
 import random
 import re
+import subprocess
+import sys
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -306,3 +308,29 @@ def test_resolve_remote_files() -> None:
     cfg["mind-demo"]["train"]["sha256"] = "abc"
     with pytest.raises(ValueError, match="64 hex"):
         resolve_remote_files("mind-demo", ["train"], cfg, "https://b")
+
+
+def _newsrec(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "newsrec_dist.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_download_then_prepare(server: ServerState, mind_zip: bytes, tmp_path: Path) -> None:
+    """`newsrec data download` with config overrides, then `newsrec data prepare` on what it fetched."""
+    server.files["MINDdemo_train.zip"] = mind_zip
+    entry = "data.download.files.mind-demo.train"
+    raw, prepared = tmp_path / "raw", tmp_path / "prepared"
+
+    def download(sha256: str, cache: Path) -> subprocess.CompletedProcess[str]:
+        return _newsrec("data", "download", "--quiet", "--dataset", "mind-demo", "--split", "train",
+                        f"{entry}.url={server.url('MINDdemo_train.zip')}", f"{entry}.size={len(mind_zip)}",
+                        f"{entry}.sha256={sha256}", f"data.download.cache_dir={cache}", f"data.raw_dir={raw}")
+
+    result = download(hashlib.sha256(mind_zip).hexdigest(), tmp_path / "cache")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (raw / "train" / "behaviors.tsv").is_file() and (tmp_path / "cache" / "MINDdemo_train.zip").is_file()
+    prepare = _newsrec("data", "prepare", "--quiet", "--raw", str(raw), "--out", str(prepared), "data.splits=[train]")
+    assert prepare.returncode == 0, prepare.stdout + prepare.stderr
+    assert "rows read 4 = kept 4 + rejected 0" in prepare.stdout
+    bad = download("0" * 64, tmp_path / "cache2")
+    assert bad.returncode == 2 and "sha256" in bad.stdout
