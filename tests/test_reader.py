@@ -584,18 +584,27 @@ def corrupt(draw, fields: list[str]) -> bytes:
     return "\t".join(fields).encode()
 
 
+def _pick_id(draw, index: int, n: int, own_base: int, shared_base: int, share_one_in: int) -> int:
+    """An id of the row's own, or (one time in ``share_one_in``) one shared with another row of the file."""
+    if draw(st.integers(1, share_one_in)) == 1:
+        return shared_base + draw(st.integers(0, n - 1))
+    return own_base + index
+
+
 @st.composite
 def behaviors_file(draw, labeled: bool) -> list[GenLine]:
+    """Valid rows have ids 9xxxxxx; corrupted rows 8xxxxxx, or sometimes a valid row's id (so a
+    rejected row must not shadow it, and one valid by chance makes a later valid one a duplicate)."""
     n = draw(st.integers(0, 25))
     lines = []
     for index in range(n):
         if draw(st.booleans()):
-            fields, row = draw(behavior_fields(9_000_000 + index, labeled))  # valid ids: 7 digits, 9xxxxxx
+            iid = _pick_id(draw, index, n, 9_000_000, 9_000_000, 4)
+            fields, row = draw(behavior_fields(iid, labeled))
             lines.append(GenLine("\t".join(fields).encode(), row))
         else:
-            # Corruptions start from a row with an id of their own (8xxxxxx), so one that is valid by
-            # chance can never duplicate a generated valid row's id.
-            fields, _ = draw(behavior_fields(8_000_000 + index, draw(st.booleans())))
+            iid = _pick_id(draw, index, n, 8_000_000, 9_000_000, 2)
+            fields, _ = draw(behavior_fields(iid, draw(st.booleans())))
             lines.append(GenLine(draw(corrupt(fields)), None))
     return lines
 
@@ -606,12 +615,16 @@ def news_file(draw) -> list[GenLine]:
     lines = []
     for index in range(n):
         if draw(st.booleans()):
-            fields, row = draw(news_fields(f"N{900 + index}"))
+            fields, row = draw(news_fields(f"N{_pick_id(draw, index, n, 900, 900, 4)}"))
             lines.append(GenLine("\t".join(fields).encode(), row))
         else:
-            fields, _ = draw(news_fields(f"N{800 + index}"))
+            fields, _ = draw(news_fields(f"N{_pick_id(draw, index, n, 800, 900, 2)}"))
             lines.append(GenLine(draw(corrupt(fields)), None))
     return lines
+
+
+def first_field(generated: GenLine) -> str:
+    return generated.raw.decode("utf-8").removesuffix("\r").split("\t")[0]
 
 
 def file_bytes(lines: list[GenLine], crlf: list[bool], trailing_newline: bool) -> bytes:
@@ -626,7 +639,7 @@ def file_bytes(lines: list[GenLine], crlf: list[bool], trailing_newline: bool) -
     news=news_file(),
     labeled=st.booleans(),
     data=st.data(),
-    block_bytes=st.sampled_from([1, 17, 200, 1 << 20]),
+    block_bytes=st.sampled_from([1, 150, 1 << 20, 1 << 20]),  # one line a block .. one block
 )
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 def test_fuzz_prepare_accounts_for_every_row(news: list[GenLine], labeled: bool, data: st.DataObject,
@@ -651,7 +664,9 @@ def test_fuzz_prepare_accounts_for_every_row(news: list[GenLine], labeled: bool,
         assert summary == result.summary
         files = {f["path"]: f for f in summary["files"]}
         assert set(files) == {str(news_path), str(beh_path)}
-        rejects = [json.loads(line) for line in (out_dir / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+        # JSON lines split on "\n" only: texts may hold U+2028 and friends, which str.splitlines splits on.
+        with open(out_dir / "rejects.jsonl", encoding="utf-8", newline="") as handle:
+            rejects = [json.loads(line) for line in handle]
         assert len(rejects) == summary["rows_rejected"]
         for path, lines in ((news_path, news), (beh_path, behaviors)):
             f = files[str(path)]
@@ -664,10 +679,8 @@ def test_fuzz_prepare_accounts_for_every_row(news: list[GenLine], labeled: bool,
             assert len(set(numbers)) == len(numbers)
             assert all(1 <= n <= len(lines) for n in numbers)
             for r in mine:
-                generated = lines[r["line"] - 1]
-                assert generated.valid is None, f"valid row rejected: {r}"
                 try:
-                    expected_text = generated.raw.decode("utf-8")
+                    expected_text = lines[r["line"] - 1].raw.decode("utf-8")
                 except UnicodeDecodeError:
                     assert r["reason"] == "not valid UTF-8"
                 else:
@@ -678,17 +691,40 @@ def test_fuzz_prepare_accounts_for_every_row(news: list[GenLine], labeled: bool,
         news_table = pq.read_table(out_dir / "news.parquet")
         assert news_table.num_rows == files[str(news_path)]["kept"] == summary["news_rows"]
         kept_news = {row["news_id"]: row for row in news_table.to_pylist()}
-        for generated in news:
-            if generated.valid is not None:
-                assert kept_news[generated.valid["news_id"]] == generated.valid
+        assert len(kept_news) == news_table.num_rows
+        rejected_news = {r["line"]: r["reason"] for r in rejects if r["file"] == str(news_path)}
+        first_kept_line: dict[str, int] = {}
+        for number, generated in enumerate(news, start=1):
+            if number not in rejected_news:
+                nid = first_field(generated)
+                assert nid not in first_kept_line, f"line {number}: duplicate news id {nid} kept"
+                first_kept_line[nid] = number
+            if generated.valid is None:
+                continue
+            nid = generated.valid["news_id"]
+            if number in rejected_news:  # a valid row is rejected only as a duplicate of a kept one
+                assert rejected_news[number] == f"duplicate news_id {nid} (first at line {first_kept_line[nid]})"
+            else:
+                assert kept_news[nid] == generated.valid
+        assert set(kept_news) == set(first_kept_line)
 
         table = pq.read_table(out_dir / "behaviors" / f"split={split}" / "part-0.parquet")
         assert table.num_rows == files[str(beh_path)]["kept"] == summary["behaviors_rows"][split]
         kept = {row["impression_id"]: row for row in table.to_pylist()}
         assert len(kept) == table.num_rows  # impression ids are unique in the output
-        for generated in behaviors:
-            if generated.valid is not None:
-                assert kept[generated.valid["impression_id"]] == generated.valid
+        rejected_beh = {r["line"]: r["reason"] for r in rejects if r["file"] == str(beh_path)}
+        kept_ids: set[int] = set()
+        for number, generated in enumerate(behaviors, start=1):
+            if number not in rejected_beh:
+                iid = int(first_field(generated))
+                assert iid not in kept_ids, f"line {number}: duplicate impression id {iid} kept"
+                kept_ids.add(iid)
+                if generated.valid is not None:
+                    assert kept[iid] == generated.valid
+            elif generated.valid is not None:  # rejected only as a duplicate of an earlier kept row
+                assert rejected_beh[number] == "duplicate impression_id"
+                assert generated.valid["impression_id"] in kept_ids
+        assert set(kept) == kept_ids
         for row in kept.values():
             assert row["impressions"], "a kept impression has at least one candidate"
             if labeled:
@@ -701,5 +737,6 @@ def test_fuzz_prepare_accounts_for_every_row(news: list[GenLine], labeled: bool,
         f = files[str(beh_path)]
         for column in ("history", "impressions"):
             unknown_per_row = [sum(n not in known for n in row[column]) for row in kept.values()]
-            assert f[f"unknown_{column}_ids"] == sum(unknown_per_row)
-            assert f[f"rows_with_unknown_{column}_ids"] == sum(1 for u in unknown_per_row if u)
+            # An empty file yields no block, and then the counters are absent from the summary.
+            assert f.get(f"unknown_{column}_ids", 0) == sum(unknown_per_row)
+            assert f.get(f"rows_with_unknown_{column}_ids", 0) == sum(1 for u in unknown_per_row if u)
