@@ -280,7 +280,7 @@ def test_strict_failure_leaves_no_output(raw_copy: Path, tmp_path: Path) -> None
     out = parent / "prepared"
     with pytest.raises(DataValidationError) as info:
         prepare(raw_copy, out, SPLITS, strict=True, show_progress=False)
-    assert str(info.value) == f"{path}:{line}: time must look like 11/15/2019 8:55:22 AM"
+    assert str(info.value) == f"{path}:{line}: time must be a real date like 11/15/2019 8:55:22 AM"
     assert not out.exists()
     assert sorted(os.listdir(parent)) == before  # no .tmp-* directory left behind
 
@@ -303,12 +303,12 @@ def test_lenient_run_records_the_bad_row(raw_copy: Path, tmp_path: Path) -> None
     result = prepare(raw_copy, out, SPLITS, strict=False, show_progress=False)
     rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text(encoding="utf-8").split("\n") if x]
     assert rejects == [{"file": str(path), "line": line,
-                        "reason": "time must look like 11/15/2019 8:55:22 AM", "text": text}]
+                        "reason": "time must be a real date like 11/15/2019 8:55:22 AM", "text": text}]
     assert result.summary["rows_rejected"] == 1
     assert result.summary["behaviors_rows"]["dev"] == line - 1
     assert read_behaviors(out, "dev").num_rows == line - 1
     dev = next(f for f in result.summary["files"] if f["path"] == str(path))
-    assert dev["reasons"] == {"time must look like 11/15/2019 8:55:22 AM": 1}
+    assert dev["reasons"] == {"time must be a real date like 11/15/2019 8:55:22 AM": 1}
     assert dev["read"] == line == dev["kept"] + dev["rejected"]
 
 

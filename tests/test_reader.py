@@ -25,6 +25,7 @@ from newsrec_dist.data.prepare import prepare
 from newsrec_dist.data.reader import (
     DataValidationError,
     FileSummary,
+    NewsRegistry,
     RejectSink,
     iter_behaviors,
     iter_line_blocks,
@@ -37,7 +38,7 @@ COLUMNS_8 = "expected 8 tab-separated columns"
 COLUMNS_5 = "expected 5 tab-separated columns"
 LABELED_REASON = "impressions must be space-separated N123-0/N123-1 tokens (labels required in this split)"
 UNLABELED_REASON = "impressions must be space-separated news ids without labels (test split)"
-TIME_REASON = "time must look like 11/15/2019 8:55:22 AM"
+TIME_REASON = "time must be a real date like 11/15/2019 8:55:22 AM"
 HISTORY_REASON = "history must be space-separated news ids"
 
 
@@ -87,9 +88,9 @@ def assert_accounting(result: Result, n_lines: int) -> None:
     assert all(r["file"] == s.path for r in result.rejects)
 
 
-def run_news(path: Path, n_lines: int | None = None, known: set[str] | None = None) -> Result:
+def run_news(path: Path, n_lines: int | None = None, registry: NewsRegistry | None = None) -> Result:
     handle = io.StringIO()
-    table, summary = read_news(path, RejectSink(handle, strict=False), set(known or ()))
+    table, summary = read_news(path, RejectSink(handle, strict=False), registry or NewsRegistry())
     result = Result(table, summary, parse_rejects(handle))
     if n_lines is not None:
         assert_accounting(result, n_lines)
@@ -218,11 +219,26 @@ def test_news_duplicate_across_blocks(tmp_path: Path, small_blocks) -> None:
 
 
 def test_news_known_ids_are_merged_not_rejected(tmp_path: Path) -> None:
-    result = run_news(write(tmp_path / "news.tsv", valid_news_lines(4)), n_lines=4, known={"N2", "N4", "N99"})
+    registry = NewsRegistry()
+    lines = valid_news_lines(4)
+    first = run_news(write(tmp_path / "train.tsv", [lines[1], lines[3]]), n_lines=2, registry=registry)
+    assert first.table["news_id"].to_pylist() == ["N2", "N4"]
+    result = run_news(write(tmp_path / "news.tsv", lines), n_lines=4, registry=registry)
     assert result.rejects == []
     assert result.summary.kept == 4
     assert result.summary.notes["merged_with_other_split"] == 2
     assert result.table["news_id"].to_pylist() == ["N1", "N3"]
+
+
+def test_news_repeated_across_splits_with_other_content_is_rejected(tmp_path: Path) -> None:
+    registry = NewsRegistry()
+    train = tmp_path / "train.tsv"
+    run_news(write(train, [news_row(nid="N5", title="Original title")]), n_lines=1, registry=registry)
+    result = run_news(write(tmp_path / "dev.tsv", [news_row(nid="N6"), news_row(nid="N5", title="Edited title")]),
+                      n_lines=2, registry=registry)
+    assert [(r["line"], r["reason"]) for r in result.rejects] == [
+        (2, f"news_id N5 already read from {train}:1 with different content")]
+    assert result.table["news_id"].to_pylist() == ["N6"]
 
 
 def test_news_invalid_utf8_line(tmp_path: Path) -> None:
@@ -287,6 +303,9 @@ BEH_CASES = [
     (beh_row(iid="9", time="11/15/2019 13:55:22 PM"), True, TIME_REASON),
     (beh_row(iid="9", time="2019-11-15 08:55:22"), True, TIME_REASON),
     (beh_row(iid="9", time=""), True, TIME_REASON),
+    (beh_row(iid="9", time="02/30/2019 1:00:00 AM"), True, TIME_REASON),  # strptime alone rolls over to 3/2
+    (beh_row(iid="9", time="11/15/2019 8:55:22 am"), True, TIME_REASON),
+    (beh_row(iid="9", time=" 11/15/2019 8:55:22 AM"), True, TIME_REASON),
     (beh_row(iid="9", history="N1  N2"), True, HISTORY_REASON),
     (beh_row(iid="9", history="N1,N2"), True, HISTORY_REASON),
     (beh_row(iid="9", history=" N1"), True, HISTORY_REASON),
@@ -378,8 +397,8 @@ def test_behaviors_invalid_utf8(tmp_path: Path) -> None:
 def test_behaviors_duplicate_impression_id_within_file(tmp_path: Path) -> None:
     lines = valid_beh_lines(3) + [beh_row(iid="2", uid="U77"), beh_row(iid="3"), beh_row(iid="5")]
     result = run_behaviors(write(tmp_path / "behaviors.tsv", lines), n_lines=6)
-    assert [(r["line"], r["reason"]) for r in result.rejects] == [(4, "duplicate impression_id"),
-                                                                  (5, "duplicate impression_id")]
+    assert [(r["line"], r["reason"]) for r in result.rejects] == [(4, "duplicate impression_id 2 (first at line 2)"),
+                                                                  (5, "duplicate impression_id 3 (first at line 3)")]
     assert result.table["user_id"].to_pylist() == ["U1", "U2", "U3", "U1"]
 
 
@@ -389,7 +408,8 @@ def test_behaviors_duplicate_impression_id_across_blocks(tmp_path: Path, small_b
     small_blocks(block_bytes)
     result = run_behaviors(write(tmp_path / "behaviors.tsv", lines), n_lines=24)
     assert [(r["line"], r["reason"]) for r in result.rejects] == [
-        (21, "duplicate impression_id"), (22, f"{COLUMNS_5}, found 1"), (24, "duplicate impression_id")]
+        (21, "duplicate impression_id 3 (first at line 3)"), (22, f"{COLUMNS_5}, found 1"),
+        (24, "duplicate impression_id 21 (first at line 23)")]
     assert result.table["impression_id"].to_pylist() == list(range(1, 22))
 
 
@@ -401,7 +421,8 @@ def test_rejected_row_does_not_shadow_later_valid_id(tmp_path: Path, small_block
     small_blocks(block_bytes)
     result = run_behaviors(write(tmp_path / "behaviors.tsv", lines), n_lines=5)
     assert [(r["line"], r["reason"]) for r in result.rejects] == [
-        (1, f"{COLUMNS_5}, found 1"), (3, "user_id must look like U123"), (5, "duplicate impression_id")]
+        (1, f"{COLUMNS_5}, found 1"), (3, "user_id must look like U123"),
+        (5, "duplicate impression_id 5 (first at line 4)")]
     assert result.table["impression_id"].to_pylist() == [0, 5]
 
 
@@ -444,7 +465,7 @@ def test_strict_news_raises_at_first_bad_row(tmp_path: Path) -> None:
     lines = valid_news_lines(3) + [news_row(nid="N9", title=""), news_row(nid="bad")]
     path = write(tmp_path / "news.tsv", lines)
     with pytest.raises(DataValidationError) as info:
-        read_news(path, RejectSink(None, strict=True), set())
+        read_news(path, RejectSink(None, strict=True), NewsRegistry())
     assert str(info.value) == f"{path}:4: title is empty"
 
 
@@ -722,8 +743,9 @@ def test_fuzz_prepare_accounts_for_every_row(news: list[GenLine], labeled: bool,
                 if generated.valid is not None:
                     assert kept[iid] == generated.valid
             elif generated.valid is not None:  # rejected only as a duplicate of an earlier kept row
-                assert rejected_beh[number] == "duplicate impression_id"
-                assert generated.valid["impression_id"] in kept_ids
+                iid = generated.valid["impression_id"]
+                assert iid in kept_ids
+                assert rejected_beh[number].startswith(f"duplicate impression_id {iid} (first at line ")
         assert set(kept) == kept_ids
         for row in kept.values():
             assert row["impressions"], "a kept impression has at least one candidate"
@@ -740,3 +762,23 @@ def test_fuzz_prepare_accounts_for_every_row(news: list[GenLine], labeled: bool,
             # An empty file yields no block, and then the counters are absent from the summary.
             assert f.get(f"unknown_{column}_ids", 0) == sum(unknown_per_row)
             assert f.get(f"rows_with_unknown_{column}_ids", 0) == sum(1 for u in unknown_per_row if u)
+
+
+def test_reject_keeps_text_of_invalid_utf8_and_escapes_line_separators(tmp_path: Path) -> None:
+    lines: list[bytes] = [beh_row(iid="1").encode(), b"2\tU2\t" + T.encode() + b"\tN1 \xff\tN1-1",
+                          beh_row(iid="3", uid="U\u2028x").encode()]
+    path = write(tmp_path / "behaviors.tsv", lines)
+    handle = io.StringIO()
+    list(iter_behaviors(path, RejectSink(handle, strict=False), FileSummary(path=str(path)), True,
+                        pa.array(["N1"], pa.string())))
+    raw_records = handle.getvalue().split("\n")[:-1]
+    assert len(raw_records) == 2 and all(record.isascii() for record in raw_records)
+    records = [json.loads(record) for record in raw_records]
+    assert records[0]["text"] == "2\tU2\t" + T + "\tN1 \ufffd\tN1-1"
+    assert records[1]["line"] == 3 and "\u2028" in records[1]["text"]
+
+
+def test_empty_behaviors_file_still_reports_unknown_counters(tmp_path: Path) -> None:
+    result = run_behaviors(write(tmp_path / "behaviors.tsv", []), n_lines=0)
+    assert result.summary.notes == {"unknown_history_ids": 0, "rows_with_unknown_history_ids": 0,
+                                    "unknown_impressions_ids": 0, "rows_with_unknown_impressions_ids": 0}

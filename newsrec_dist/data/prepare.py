@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from newsrec_dist.data import schema
-from newsrec_dist.data.reader import FileSummary, RejectSink, iter_behaviors, read_news
+from newsrec_dist.data.reader import FileSummary, NewsRegistry, RejectSink, iter_behaviors, read_news
 from newsrec_dist.io import Manifest, atomic_dir, atomic_write_text, is_up_to_date, read_manifest, sha256_file
 from newsrec_dist.progress import progress_bar
 
@@ -88,11 +88,10 @@ def _convert(inputs: dict[str, dict[str, Path]], work: Path, strict: bool, show_
 
 
 def _news_table(inputs: dict[str, dict[str, Path]], sink: RejectSink, files: list[FileSummary]) -> pa.Table:
-    known: set[str] = set()
+    registry = NewsRegistry()
     tables = []
     for paths in inputs.values():
-        table, summary = read_news(paths["news"], sink, known)
-        known.update(table["news_id"].to_pylist())
+        table, summary = read_news(paths["news"], sink, registry)
         tables.append(table)
         files.append(summary)
     return pa.concat_tables(tables)

@@ -63,7 +63,8 @@ class RejectSink:
             return
         for line, reason, text in zip(lines.tolist(), reasons, texts):
             record = {"file": summary.path, "line": line, "reason": reason, "text": text[:MAX_REJECT_TEXT]}
-            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            # ASCII escapes keep one record per line even for U+2028 and friends in untrusted text.
+            self.handle.write(json.dumps(record, ensure_ascii=True) + "\n")
 
 
 @dataclass
@@ -75,7 +76,10 @@ class LineBlock:
 
 
 def _decode_lines(raw_lines: list[bytes]) -> tuple[pa.StringArray, list[int]]:
-    """Lines as Arrow strings; returns indices of lines that are not valid UTF-8 (blanked)."""
+    """Lines as Arrow strings, plus indices of lines that are not valid UTF-8.
+
+    Such lines are rejected; they are kept with U+FFFD replacements so the reject shows their text.
+    """
     binary = pa.array(raw_lines, type=pa.binary())
     try:
         return binary.cast(pa.string()), []
@@ -86,17 +90,17 @@ def _decode_lines(raw_lines: list[bytes]) -> tuple[pa.StringArray, list[int]]:
                 raw.decode("utf-8")
             except UnicodeDecodeError:
                 bad.append(index)
-                raw_lines[index] = b""
+                raw_lines[index] = raw.decode("utf-8", "replace").encode("utf-8")
         return pa.array(raw_lines, type=pa.binary()).cast(pa.string()), bad
 
 
-def iter_line_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[LineBlock, list[int]]]:
+def iter_line_blocks(path: Path, block_bytes: int | None = None) -> Iterator[tuple[LineBlock, list[int]]]:
     """Blocks of lines (``\\n`` or ``\\r\\n``), each with line numbers and non-UTF-8 line indices."""
     first_line = 1
     carry = b""
     with open(path, "rb") as handle:
         while True:
-            chunk = handle.read(block_bytes)
+            chunk = handle.read(block_bytes or BLOCK_BYTES)
             data = carry + chunk
             if not chunk:
                 if data:
@@ -193,12 +197,43 @@ def reject_failed(sink: RejectSink, summary: FileSummary, block: LineBlock, chec
 # ----------------------------------------------------------------------------------------------
 
 
-def read_news(path: Path, sink: RejectSink, known_ids: set[str]) -> tuple[pa.Table, FileSummary]:
-    """Validated news rows; ids already in ``known_ids`` (another split's news.tsv) are merged."""
+@dataclass
+class NewsRegistry:
+    """News kept so far across the splits' news.tsv files (MIND repeats news in every split).
+
+    A repeat with identical content is merged (counted, kept once); a repeat whose content differs
+    is rejected, naming where the kept version came from.
+    """
+
+    origin: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # id -> (file, line, content hash)
+
+    def reject_conflicts(self, checker: RowChecker, ids: list[str], contents: list[str]) -> np.ndarray:
+        """Among valid rows, reject conflicting repeats; returns the mask of identical repeats."""
+        merged = np.zeros(len(ids), dtype=bool)
+        conflicts, reasons = [], []
+        for index in np.flatnonzero(checker.ok).tolist():
+            if ids[index] not in self.origin:
+                continue
+            path, line, digest = self.origin[ids[index]]
+            if digest == hash(contents[index]):
+                merged[index] = True
+            else:
+                conflicts.append(index)
+                reasons.append(f"news_id {ids[index]} already read from {path}:{line} with different content")
+        checker.fail_each(conflicts, reasons)
+        return merged & checker.ok
+
+    def add(self, path: str, ids: list[str], contents: list[str], numbers: np.ndarray, rows: np.ndarray) -> None:
+        for index in rows.tolist():
+            self.origin[ids[index]] = (path, int(numbers[index]), hash(contents[index]))
+
+
+def read_news(path: Path, sink: RejectSink, registry: NewsRegistry) -> tuple[pa.Table, FileSummary]:
+    """Validated news rows of one file; ids already in ``registry`` are merged or rejected."""
     summary = FileSummary(path=str(path))
     tables = []
     first_line_of: dict[str, int] = {}
-    merged = 0
+    merged_total = 0
     for block, bad_utf8 in iter_line_blocks(path):
         checker, columns = split_columns(block, bad_utf8, len(schema.NEWS_COLUMNS))
         news_id, category, subcategory, title = columns[:4]
@@ -209,12 +244,15 @@ def read_news(path: Path, sink: RejectSink, known_ids: set[str]) -> tuple[pa.Tab
         check_entities(checker, columns[6], "title_entities")
         check_entities(checker, columns[7], "abstract_entities")
         _check_duplicate_news(checker, news_id, block.numbers, first_line_of)
+        ids, contents = news_id.to_pylist(), block.lines.to_pylist()
+        merged = registry.reject_conflicts(checker, ids, contents)
         keep = reject_failed(sink, summary, block, checker)
-        table = pa.table(dict(zip(schema.NEWS_COLUMNS, columns)), schema=schema.NEWS_SCHEMA).filter(pa.array(keep))
-        fresh = ~_mask(pc.is_in(table["news_id"], value_set=pa.array(sorted(known_ids), pa.string())))
-        merged += int((~fresh).sum())
+        fresh = keep & ~merged
+        registry.add(str(path), ids, contents, block.numbers, np.flatnonzero(fresh))
+        merged_total += int(merged.sum())
+        table = pa.table(dict(zip(schema.NEWS_COLUMNS, columns)), schema=schema.NEWS_SCHEMA)
         tables.append(table.filter(pa.array(fresh)))
-    summary.notes["merged_with_other_split"] = merged
+    summary.notes["merged_with_other_split"] = merged_total
     return pa.concat_tables(tables) if tables else schema.NEWS_SCHEMA.empty_table(), summary
 
 
@@ -238,24 +276,42 @@ def _check_duplicate_news(
 
 @dataclass
 class SeenImpressionIds:
-    """Sorted ids seen so far; duplicates are found with one searchsorted per block."""
+    """Kept ids, sorted, with the line each was kept from; duplicates cost one searchsorted per block."""
 
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    lines: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
-    def first_occurrences(self, block_ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """Rows among ``candidates`` whose id was not kept before (rejected rows do not count)."""
-        seen_before = np.zeros(len(block_ids), dtype=bool)
+    def reject_duplicates(self, checker: RowChecker, block_ids: np.ndarray, numbers: np.ndarray) -> None:
+        """Among rows still valid, reject ids kept earlier in the file or earlier in this block."""
+        rows = np.flatnonzero(checker.ok)
+        ids = block_ids[rows]
+        _, first_index, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        first_line = numbers[rows[first_index]][inverse]
         if len(self.ids):
-            positions = np.minimum(np.searchsorted(self.ids, block_ids), len(self.ids) - 1)
-            seen_before = self.ids[positions] == block_ids
-        rows = np.flatnonzero(candidates)
-        _, first_index = np.unique(block_ids[rows], return_index=True)
-        first_in_block = np.zeros(len(block_ids), dtype=bool)
-        first_in_block[rows[first_index]] = True
-        return ~seen_before & first_in_block
+            positions = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+            kept_before = self.ids[positions] == ids
+            first_line = np.where(kept_before, self.lines[positions], first_line)
+        duplicate = first_line != numbers[rows]
+        checker.fail_each(rows[duplicate].tolist(), [
+            f"duplicate impression_id {value} (first at line {line})"
+            for value, line in zip(ids[duplicate].tolist(), first_line[duplicate].tolist())])
 
-    def add(self, block_ids: np.ndarray) -> None:
-        self.ids = np.union1d(self.ids, block_ids)
+    def add(self, block_ids: np.ndarray, numbers: np.ndarray) -> None:
+        order = np.argsort(block_ids, kind="stable")
+        positions = np.searchsorted(self.ids, block_ids[order])
+        self.ids = np.insert(self.ids, positions, block_ids[order])
+        self.lines = np.insert(self.lines, positions, numbers[order])
+
+
+def check_time(checker: RowChecker, time_text: pa.Array) -> pa.Array:
+    """Parse MIND times; the day is compared with the text because strptime rolls 2/30 over to 3/2."""
+    times = pc.strptime(time_text, format=schema.MIND_TIME_FORMAT, unit="s", error_is_null=True)
+    shaped = _mask(pc.match_substring_regex(time_text, schema.MIND_TIME_PATTERN))
+    day_text = pc.cast(pc.if_else(pa.array(shaped), pc.extract_regex(time_text, r"^\d+/(?P<day>\d+)/").field("day"),
+                                  "0"), pa.int64())
+    real_day = _mask(pc.equal(pc.day(times), day_text))
+    checker.fail(~(shaped & real_day), "time must be a real date like 11/15/2019 8:55:22 AM")
+    return times
 
 
 def iter_behaviors(
@@ -263,6 +319,9 @@ def iter_behaviors(
 ) -> Iterator[pa.RecordBatch]:
     """Validated behaviors as Arrow batches in the prepared schema; counts unknown news ids."""
     seen = SeenImpressionIds()
+    for column in ("history", "impressions"):  # reported even when the file has no rows
+        summary.notes.setdefault(f"unknown_{column}_ids", 0)
+        summary.notes.setdefault(f"rows_with_unknown_{column}_ids", 0)
     pattern = schema.LABELED_IMPRESSIONS_PATTERN if labeled else schema.UNLABELED_IMPRESSIONS_PATTERN
     for block, bad_utf8 in iter_line_blocks(path):
         checker, (impression_id, user_id, time_text, history, impressions) = split_columns(
@@ -270,15 +329,14 @@ def iter_behaviors(
         check_pattern(checker, impression_id, schema.IMPRESSION_ID_PATTERN, "impression_id must be an integer")
         ids = pc.cast(pc.if_else(pa.array(checker.ok), impression_id, "0"), pa.int64()).to_numpy()
         check_pattern(checker, user_id, schema.USER_ID_PATTERN, "user_id must look like U123")
-        times = pc.strptime(time_text, format=schema.MIND_TIME_FORMAT, unit="s", error_is_null=True)
-        checker.fail(~_mask(pc.is_valid(times)), "time must look like 11/15/2019 8:55:22 AM")
+        times = check_time(checker, time_text)
         check_pattern(checker, history, schema.HISTORY_PATTERN, "history must be space-separated news ids")
         check_pattern(checker, impressions, pattern, _impressions_reason(labeled))
         # Last, among otherwise valid rows only: a rejected row's id (or the "0" placeholder of an
         # unparsable one) must not shadow a valid row, whatever the block boundaries.
-        checker.fail(~seen.first_occurrences(ids, checker.ok) & checker.ok, "duplicate impression_id")
+        seen.reject_duplicates(checker, ids, block.numbers)
         keep = reject_failed(sink, summary, block, checker)
-        seen.add(ids[keep])
+        seen.add(ids[keep], block.numbers[keep])
         batch = _behaviors_batch(keep, ids, user_id, times, history, impressions, labeled)
         _count_unknown(summary, batch, news_ids)
         yield batch

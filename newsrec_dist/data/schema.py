@@ -9,6 +9,7 @@ NEWS_COLUMNS = (
 )
 BEHAVIORS_COLUMNS = ("impression_id", "user_id", "time", "history", "impressions")
 MIND_TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"  # e.g. 11/15/2019 8:55:22 AM
+MIND_TIME_PATTERN = r"^(0?[1-9]|1[0-2])/(0?[1-9]|[12][0-9]|3[01])/[0-9]{4} (0?[1-9]|1[0-2]):[0-5][0-9]:[0-5][0-9] (AM|PM)$"
 
 NEWS_ID_PATTERN = r"^N[0-9]+$"
 USER_ID_PATTERN = r"^U[0-9]+$"
