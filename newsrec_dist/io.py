@@ -23,6 +23,7 @@ from typing import Any
 from newsrec_dist import __version__
 
 MANIFEST_NAME = "manifest.json"
+PROGRESS_NAME = ".progress.json"
 _HASH_CHUNK = 8 * 1024 * 1024
 
 
@@ -60,13 +61,55 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _replace_dir(tmp, final)
+
+
+def _replace_dir(source: Path, final: Path) -> None:
+    """Move a finished directory into place; readers see the old or the new one, never a mix."""
     if final.exists():
         trash = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
         final.rename(trash)
-        tmp.rename(final)
+        source.rename(final)
         shutil.rmtree(trash, ignore_errors=True)
     else:
-        tmp.rename(final)
+        source.rename(final)
+
+
+class ResumableDir:
+    """Work directory of a long stage that survives ``kill -9``: ``.partial-<name>`` beside the output.
+
+    The stage saves its progress (any JSON) after each finished unit of work; a re-run with the same
+    fingerprint gets the saved progress back and continues, a different fingerprint starts afresh.
+    :meth:`publish` moves the finished directory into place.
+    """
+
+    def __init__(self, final: Path, fingerprint: str) -> None:
+        self.final = Path(final)
+        self.path = self.final.parent / f".partial-{self.final.name}"
+        self.fingerprint = fingerprint
+        self.state: dict[str, Any] = self._load()
+
+    def _load(self) -> dict[str, Any]:
+        progress = self.path / PROGRESS_NAME
+        if progress.is_file():
+            saved = json.loads(progress.read_text(encoding="utf-8"))
+            if saved.get("fingerprint") == self.fingerprint:
+                return dict(saved["state"])
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True)
+        return {}
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.state = state
+        body = {"fingerprint": self.fingerprint, "state": state}
+        atomic_write_text(self.path / PROGRESS_NAME, json.dumps(body, default=str))
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def publish(self) -> None:
+        (self.path / PROGRESS_NAME).unlink(missing_ok=True)
+        _replace_dir(self.path, self.final)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

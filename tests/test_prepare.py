@@ -8,6 +8,10 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -317,3 +321,31 @@ def test_prepared_schema_types(prepared) -> None:
     table = read_behaviors(out, "train")
     assert table.schema.field("time").type == pa.timestamp("s")
     assert table.schema.field("labels").type == pa.list_(pa.int8())
+
+
+def test_resume_after_kill_skips_finished_units(tmp_path: Path) -> None:
+    """kill -9 after the news unit: the re-run keeps news.parquet and equals an uninterrupted run."""
+    raw = tmp_path / "raw"
+    generate(SynthConfig(scale="small"), raw, show_progress=False)
+    reference = prepare(raw, tmp_path / "reference", SPLITS, show_progress=False)
+    target = tmp_path / "prepared"
+    progress = tmp_path / f".partial-{target.name}" / ".progress.json"
+    process = subprocess.Popen([sys.executable, "-m", "newsrec_dist.cli", "data", "prepare", "--quiet",
+                                "--raw", str(raw), "--out", str(target)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if progress.is_file() and "news" in json.loads(progress.read_text())["state"]:
+            break
+        time.sleep(0.002)
+    assert process.poll() is None, "prepare finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    state = json.loads(progress.read_text())["state"]
+    assert "news" in state and "behaviors/dev" not in state and not target.exists()
+    news_stamp = (progress.parent / "news.parquet").stat().st_mtime_ns
+    resumed = prepare(raw, target, SPLITS, show_progress=False)
+    assert (target / "news.parquet").stat().st_mtime_ns == news_stamp, "the finished news unit was redone"
+    assert resumed.summary == reference.summary
+    for split in SPLITS:
+        assert read_behaviors(target, split).equals(read_behaviors(tmp_path / "reference", split))
+    assert not progress.parent.exists() and not (target / "rejects.parts").exists()

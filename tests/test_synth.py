@@ -17,7 +17,8 @@ import pytest
 
 from newsrec_dist.config import SynthConfig
 from newsrec_dist.data.prepare import prepare
-from newsrec_dist.data.synth import PROGRESS_FILE, SCALES, generate, resolve_scale
+from newsrec_dist.data.synth import SCALES, generate, resolve_scale
+from newsrec_dist.io import PROGRESS_NAME
 from newsrec_dist.eval.evaluate import run_baselines
 
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
@@ -139,16 +140,16 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "newsrec_dist.cli", "data", "synth", "--quiet", "--scale", "small",
                "--out", str(target), "data.synth.chunk_impressions=1500"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    progress_file = tmp_path / f".partial-{target.name}" / PROGRESS_FILE
+    progress_file = tmp_path / f".partial-{target.name}" / PROGRESS_NAME
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if progress_file.is_file() and json.loads(progress_file.read_text())["next_chunk"] >= 3:
+        if progress_file.is_file() and json.loads(progress_file.read_text())["state"]["next_chunk"] >= 3:
             break
         time.sleep(0.005)
     assert process.poll() is None, f"finished before it could be killed: {process.stderr.read()!r}"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert not target.exists() and json.loads(progress_file.read_text())["next_chunk"] >= 3
+    assert not target.exists() and json.loads(progress_file.read_text())["state"]["next_chunk"] >= 3
     resumed = generate(replace(cfg), target, show_progress=False)
     for relative in ("train/behaviors.tsv", "dev/behaviors.tsv", "dev/news.tsv"):
         assert (target / relative).read_bytes() == (reference / relative).read_bytes(), relative

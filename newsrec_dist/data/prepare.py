@@ -11,7 +11,10 @@ Layout of the prepared directory::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +24,12 @@ import pyarrow.parquet as pq
 
 from newsrec_dist.data import schema
 from newsrec_dist.data.reader import FileSummary, NewsRegistry, RejectSink, iter_behaviors, read_news
-from newsrec_dist.io import Manifest, atomic_dir, atomic_write_text, is_up_to_date, read_manifest, sha256_file
+from newsrec_dist.io import Manifest, ResumableDir, atomic_write_text, is_up_to_date, read_manifest, sha256_file
 from newsrec_dist.progress import progress_bar
 
 NEWS_FILE = "news.parquet"
 BEHAVIORS_DIR = "behaviors"
+REJECTS_PARTS = "rejects.parts"
 
 
 @dataclass(frozen=True)
@@ -50,51 +54,91 @@ def split_inputs(raw_dir: Path, splits: list[str]) -> dict[str, dict[str, Path]]
 def prepare(
     raw_dir: Path, out_dir: Path, splits: list[str], strict: bool = False, show_progress: bool = True
 ) -> PrepareResult:
-    """Validate and convert; skipped when ``out_dir`` was made from identical inputs and options."""
+    """Validate and convert; skipped when ``out_dir`` was made from identical inputs and options.
+
+    Work proceeds in units (news, then each split's behaviors); a run killed mid-way resumes at the
+    first unfinished unit. An error (e.g. a bad row in strict mode) leaves no partial output.
+    """
     inputs = split_inputs(raw_dir, splits)
     hashes = {f"{split}/{kind}": sha256_file(path) for split, files in inputs.items() for kind, path in files.items()}
     config = {"splits": list(splits), "strict": strict}
     if is_up_to_date(out_dir, "prepare", hashes, config):
         return PrepareResult(Path(out_dir), True, json.loads((Path(out_dir) / "summary.json").read_text()))
-    with atomic_dir(Path(out_dir)) as work:
-        summary = _convert(inputs, work, strict, show_progress)
-        atomic_write_text(work / "summary.json", json.dumps(summary, indent=2))
-        rows = {"news": summary["news_rows"]} | {f"behaviors/{s}": summary["behaviors_rows"][s] for s in splits}
-        Manifest(stage="prepare", inputs=hashes, config=config, rows=rows).write(work)
+    work = ResumableDir(Path(out_dir), Manifest(stage="prepare", inputs=hashes, config=config).fingerprint())
+    try:
+        units = _run_units(inputs, work, strict, show_progress)
+    except Exception:
+        work.discard()
+        raise
+    summary = _summarize(units)
+    _merge_rejects(work.path)
+    atomic_write_text(work.path / "summary.json", json.dumps(summary, indent=2))
+    rows = {"news": summary["news_rows"]} | {f"behaviors/{s}": summary["behaviors_rows"][s] for s in splits}
+    Manifest(stage="prepare", inputs=hashes, config=config, rows=rows).write(work.path)
+    work.publish()
     return PrepareResult(Path(out_dir), False, summary)
 
 
-def _convert(inputs: dict[str, dict[str, Path]], work: Path, strict: bool, show_progress: bool) -> dict[str, Any]:
-    files: list[FileSummary] = []
-    with open(work / "rejects.jsonl", "w", encoding="utf-8") as rejects:
-        sink = RejectSink(rejects, strict)
-        news = _news_table(inputs, sink, files)
-        pq.write_table(news, work / NEWS_FILE)
-        news_ids = news["news_id"].combine_chunks()
-        behaviors_rows = {}
-        for split, paths in inputs.items():
-            summary = FileSummary(path=str(paths["behaviors"]))
-            behaviors_rows[split] = _write_behaviors(paths["behaviors"], work, split, sink, summary, news_ids,
-                                                     show_progress)
-            files.append(summary)
+def _run_units(
+    inputs: dict[str, dict[str, Path]], work: ResumableDir, strict: bool, show_progress: bool
+) -> dict[str, dict[str, Any]]:
+    """Each unit's file summaries and row count, from the saved state or by running it."""
+    units: dict[str, dict[str, Any]] = dict(work.state)
+    (work.path / REJECTS_PARTS).mkdir(exist_ok=True)
+    if "news" not in units:
+        with _reject_sink(work.path, "news", strict) as sink:
+            news, files = _news_table(inputs, sink)
+        pq.write_table(news, work.path / NEWS_FILE)
+        units["news"] = {"files": [f.as_dict() for f in files], "rows": news.num_rows}
+        work.save(units)
+    news_ids = pq.read_table(work.path / NEWS_FILE, columns=["news_id"])["news_id"].combine_chunks()
+    for split, paths in inputs.items():
+        if f"behaviors/{split}" in units:
+            continue
+        summary = FileSummary(path=str(paths["behaviors"]))
+        with _reject_sink(work.path, f"behaviors-{split}", strict) as sink:
+            rows = _write_behaviors(paths["behaviors"], work.path, split, sink, summary, news_ids, show_progress)
+        units[f"behaviors/{split}"] = {"files": [summary.as_dict()], "rows": rows}
+        work.save(units)
+    return units
+
+
+@contextlib.contextmanager
+def _reject_sink(work: Path, unit: str, strict: bool) -> Iterator[RejectSink]:
+    with open(work / REJECTS_PARTS / f"{unit}.jsonl", "w", encoding="utf-8") as handle:
+        yield RejectSink(handle, strict)
+
+
+def _merge_rejects(work: Path) -> None:
+    """One ``rejects.jsonl`` in input order (news first, then behaviors by split)."""
+    parts = work / REJECTS_PARTS
+    with open(work / "rejects.jsonl", "wb") as merged:
+        for part in sorted(parts.glob("news*.jsonl")) + sorted(parts.glob("behaviors-*.jsonl")):
+            with open(part, "rb") as handle:
+                shutil.copyfileobj(handle, merged)
+    shutil.rmtree(parts)
+
+
+def _summarize(units: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    files = [entry for unit in units.values() for entry in unit["files"]]
     return {
-        "files": [f.as_dict() for f in files],
-        "news_rows": news.num_rows,
-        "behaviors_rows": behaviors_rows,
-        "rows_read": sum(f.read for f in files),
-        "rows_kept": sum(f.kept for f in files),
-        "rows_rejected": sum(f.rejected for f in files),
+        "files": files,
+        "news_rows": units["news"]["rows"],
+        "behaviors_rows": {name.split("/", 1)[1]: unit["rows"] for name, unit in units.items() if name != "news"},
+        "rows_read": sum(f["read"] for f in files),
+        "rows_kept": sum(f["kept"] for f in files),
+        "rows_rejected": sum(f["rejected"] for f in files),
     }
 
 
-def _news_table(inputs: dict[str, dict[str, Path]], sink: RejectSink, files: list[FileSummary]) -> pa.Table:
+def _news_table(inputs: dict[str, dict[str, Path]], sink: RejectSink) -> tuple[pa.Table, list[FileSummary]]:
     registry = NewsRegistry()
-    tables = []
+    tables, files = [], []
     for paths in inputs.values():
         table, summary = read_news(paths["news"], sink, registry)
         tables.append(table)
         files.append(summary)
-    return pa.concat_tables(tables)
+    return pa.concat_tables(tables), files
 
 
 def _write_behaviors(
@@ -102,7 +146,7 @@ def _write_behaviors(
     show_progress: bool,
 ) -> int:
     target = work / BEHAVIORS_DIR / f"split={split}" / "part-0.parquet"
-    target.parent.mkdir(parents=True)
+    target.parent.mkdir(parents=True, exist_ok=True)  # a resumed unit overwrites its partial file
     rows = 0
     with pq.ParquetWriter(target, schema.BEHAVIORS_SCHEMA) as writer, \
             progress_bar(f"prepare {split} behaviors (rows)", total=None, enabled=show_progress) as advance:

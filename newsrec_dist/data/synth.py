@@ -28,7 +28,6 @@ file lets a killed run resume at the last finished chunk.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
@@ -39,7 +38,7 @@ import numpy as np
 
 from newsrec_dist.config import SynthConfig
 from newsrec_dist.data.vocabulary import GENERAL_WORDS, TOPICS
-from newsrec_dist.io import Manifest, atomic_write_text, is_up_to_date
+from newsrec_dist.io import Manifest, ResumableDir, atomic_write_text, is_up_to_date
 from newsrec_dist.progress import progress_bar
 
 DAY = 86400.0
@@ -47,7 +46,6 @@ NEWS_ID_BASE = 100_000  # ids N100000.. have a fixed width, which lets rows be r
 USER_ID_BASE = 1_000_000
 MAX_CANDIDATES = 300
 MAX_HISTORY = 500
-PROGRESS_FILE = ".synth-progress.json"
 
 
 @dataclass(frozen=True)
@@ -436,7 +434,6 @@ def mind_time_table(window_start: float, n_days: int) -> tuple[list[str], list[s
 
 @dataclass
 class SynthProgress:
-    fingerprint: str
     next_chunk: int = 0
     bytes_written: dict[str, int] | None = None
     next_impression_id: dict[str, int] | None = None
@@ -462,7 +459,7 @@ def window_start_seconds(cfg: SynthConfig) -> float:
 class SynthWriter:
     """Appends behaviors rows to train/dev files and tracks what a resumed run must skip."""
 
-    def __init__(self, work: Path, progress: SynthProgress, splits: list[str]) -> None:
+    def __init__(self, work: ResumableDir, progress: SynthProgress, splits: list[str]) -> None:
         self.work = work
         self.progress = progress
         self.splits = splits
@@ -471,7 +468,7 @@ class SynthWriter:
                 setattr(progress, name, {split: (1 if name == "next_impression_id" else 0) for split in splits})
         self.handles = {}
         for split in splits:
-            path = work / split / "behaviors.tsv"
+            path = work.path / split / "behaviors.tsv"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
             handle = open(path, "r+b")
@@ -492,22 +489,11 @@ class SynthWriter:
             handle.flush()
             self.progress.bytes_written[split] = handle.tell()
         self.progress.next_chunk = next_chunk
-        atomic_write_text(self.work / PROGRESS_FILE, json.dumps(asdict(self.progress)))
+        self.work.save(asdict(self.progress))
 
     def close(self) -> None:
         for handle in self.handles.values():
             handle.close()
-
-
-def load_progress(work: Path, fingerprint: str) -> SynthProgress:
-    path = work / PROGRESS_FILE
-    if path.is_file():
-        saved = SynthProgress(**json.loads(path.read_text()))
-        if saved.fingerprint == fingerprint:
-            return saved
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    return SynthProgress(fingerprint=fingerprint)
 
 
 def generate(cfg: SynthConfig, out_dir: Path, *, show_progress: bool = True) -> dict[str, Any]:
@@ -520,16 +506,12 @@ def generate(cfg: SynthConfig, out_dir: Path, *, show_progress: bool = True) -> 
     if is_up_to_date(out_dir, "synth", {}, config):
         return json.loads((out_dir / "synth_stats.json").read_text())
     spec = resolve_scale(cfg)
-    fingerprint = Manifest(stage="synth", inputs={}, config=config).fingerprint()
-    work = out_dir.parent / f".partial-{out_dir.name}"
-    progress = load_progress(work, fingerprint)
+    work = ResumableDir(out_dir, Manifest(stage="synth", inputs={}, config=config).fingerprint())
+    progress = SynthProgress(**work.state) if work.state else SynthProgress()
     stats = _generate_into(cfg, spec, work, progress, show_progress)
-    atomic_write_text(work / "synth_stats.json", json.dumps(stats, indent=2))
-    Manifest(stage="synth", inputs={}, config=config, rows=stats["rows"]).write(work)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    (work / PROGRESS_FILE).unlink()
-    work.rename(out_dir)
+    atomic_write_text(work.path / "synth_stats.json", json.dumps(stats, indent=2))
+    Manifest(stage="synth", inputs={}, config=config, rows=stats["rows"]).write(work.path)
+    work.publish()
     return stats
 
 
@@ -546,7 +528,7 @@ def history_samplers(catalogue: Catalogue, window_start: float) -> dict[str, Gro
 
 
 def _generate_into(
-    cfg: SynthConfig, spec: ScaleSpec, work: Path, progress: SynthProgress, show_progress: bool
+    cfg: SynthConfig, spec: ScaleSpec, work: ResumableDir, progress: SynthProgress, show_progress: bool
 ) -> dict[str, Any]:
     rng = np.random.default_rng([cfg.seed, 0])
     start = window_start_seconds(cfg)
@@ -559,7 +541,7 @@ def _generate_into(
     dev_start = start + cfg.train_days * DAY
     window = (start, dev_start + cfg.dev_days * DAY)
     if progress.next_chunk == 0:
-        _write_news(catalogue, work, splits, np.random.default_rng([cfg.seed, 1]))
+        _write_news(catalogue, work.path, splits, np.random.default_rng([cfg.seed, 1]))
     writer = SynthWriter(work, progress, splits)
     days, clock = mind_time_table(start, cfg.train_days + cfg.dev_days)
     id_bytes = id_byte_table(catalogue)
