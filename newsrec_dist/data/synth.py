@@ -293,7 +293,8 @@ class ImpressionBlock:
     offsets: np.ndarray
 
 
-def user_interests(cfg: SynthConfig, catalogue: Catalogue, n: int, rng: np.random.Generator) -> np.ndarray:
+def user_interests(catalogue: Catalogue, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sparse interests per user: a mixture over categories times a mixture within each category."""
     n_cats = len(catalogue.categories)
     category_mix = dirichlet_rows(rng, 0.25, n, n_cats)
     within = dirichlet_rows(rng, 0.7, n, len(catalogue.subcategories))
@@ -551,7 +552,7 @@ def _generate_into(
         for chunk_index in range(progress.next_chunk, len(bounds)):
             first, last = bounds[chunk_index]
             chunk_rng = np.random.default_rng([cfg.seed, 2, chunk_index])
-            interest = user_interests(cfg, catalogue, last - first, chunk_rng)
+            interest = user_interests(catalogue, last - first, chunk_rng)
             history, history_offsets = sample_histories(cfg, catalogue, interest, samplers, chunk_rng)
             progress.history_clicks += len(history)
             progress.short_history_users += int((np.diff(history_offsets) <= cfg.cold_history_max).sum())
