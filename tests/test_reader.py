@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -782,3 +783,22 @@ def test_empty_behaviors_file_still_reports_unknown_counters(tmp_path: Path) -> 
     result = run_behaviors(write(tmp_path / "behaviors.tsv", []), n_lines=0)
     assert result.summary.notes == {"unknown_history_ids": 0, "rows_with_unknown_history_ids": 0,
                                     "unknown_impressions_ids": 0, "rows_with_unknown_impressions_ids": 0}
+
+
+def test_seen_impression_ids_runs_match_a_dict_reference() -> None:
+    """The merged sorted runs answer like a plain dict of first lines, over many blocks."""
+    rng = np.random.default_rng(3)
+    seen, reference = reader.SeenImpressionIds(), {}
+    line = 1
+    for _ in range(40):
+        ids = rng.integers(0, 500, size=int(rng.integers(1, 30)))
+        numbers = np.arange(line, line + len(ids))
+        line += len(ids)
+        expected = np.array([reference.get(int(i), -1) for i in ids])
+        assert np.array_equal(seen.first_lines(ids), expected)
+        fresh = [index for index, value in enumerate(ids.tolist()) if value not in reference
+                 and value not in ids[:index].tolist()]
+        for index in fresh:
+            reference[int(ids[index])] = int(numbers[index])
+        seen.add(ids[fresh], numbers[fresh])
+    assert len(seen.runs) <= 8

@@ -276,10 +276,21 @@ def _check_duplicate_news(
 
 @dataclass
 class SeenImpressionIds:
-    """Kept ids, sorted, with the line each was kept from; duplicates cost one searchsorted per block."""
+    """Kept impression ids with the line each came from, as sorted runs that merge geometrically.
 
-    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    lines: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    Lookups cost one ``searchsorted`` per run and merges total O(n log n) over the file, so
+    duplicate detection stays linear-ish at MIND-large's 15M ids instead of re-sorting every block.
+    """
+
+    runs: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (sorted ids, their lines)
+
+    def first_lines(self, ids: np.ndarray) -> np.ndarray:
+        """Line where each id was kept, or -1."""
+        found = np.full(len(ids), -1, dtype=np.int64)
+        for run_ids, run_lines in self.runs:
+            positions = np.minimum(np.searchsorted(run_ids, ids), len(run_ids) - 1)
+            found = np.where(run_ids[positions] == ids, run_lines[positions], found)
+        return found
 
     def reject_duplicates(self, checker: RowChecker, block_ids: np.ndarray, numbers: np.ndarray) -> None:
         """Among rows still valid, reject ids kept earlier in the file or earlier in this block."""
@@ -287,20 +298,23 @@ class SeenImpressionIds:
         ids = block_ids[rows]
         _, first_index, inverse = np.unique(ids, return_index=True, return_inverse=True)
         first_line = numbers[rows[first_index]][inverse]
-        if len(self.ids):
-            positions = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
-            kept_before = self.ids[positions] == ids
-            first_line = np.where(kept_before, self.lines[positions], first_line)
+        kept_line = self.first_lines(ids)
+        first_line = np.where(kept_line >= 0, kept_line, first_line)
         duplicate = first_line != numbers[rows]
         checker.fail_each(rows[duplicate].tolist(), [
             f"duplicate impression_id {value} (first at line {line})"
             for value, line in zip(ids[duplicate].tolist(), first_line[duplicate].tolist())])
 
     def add(self, block_ids: np.ndarray, numbers: np.ndarray) -> None:
+        if not len(block_ids):
+            return
         order = np.argsort(block_ids, kind="stable")
-        positions = np.searchsorted(self.ids, block_ids[order])
-        self.ids = np.insert(self.ids, positions, block_ids[order])
-        self.lines = np.insert(self.lines, positions, numbers[order])
+        self.runs.append((block_ids[order], numbers[order]))
+        while len(self.runs) > 1 and len(self.runs[-2][0]) <= 2 * len(self.runs[-1][0]):
+            (ids_b, lines_b), (ids_a, lines_a) = self.runs.pop(), self.runs.pop()
+            ids, lines = np.concatenate([ids_a, ids_b]), np.concatenate([lines_a, lines_b])
+            order = np.argsort(ids, kind="stable")
+            self.runs.append((ids[order], lines[order]))
 
 
 def check_time(checker: RowChecker, time_text: pa.Array) -> pa.Array:

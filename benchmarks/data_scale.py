@@ -1,0 +1,91 @@
+"""Benchmark the data stages at a given scale: synth → prepare → eval (wall time, peak RSS).
+
+Usage: python benchmarks/data_scale.py --scale mind-large --workdir /tmp/bench-data [--out benchmarks/data_scale]
+Each stage runs as its own `newsrec` process under `/usr/bin/time -v`, so peak memory is per stage.
+Writes <out>.csv and <out>.md (appending a row per stage and scale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+NEWSREC = [sys.executable, "-m", "newsrec_dist.cli"]
+
+
+def timed(command: list[str]) -> tuple[float, float, str]:
+    """Run under GNU time; returns (wall seconds, peak RSS MiB, stdout)."""
+    result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
+    wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", result.stderr)
+    assert wall, result.stderr
+    hours, minutes, seconds = int(wall.group(1) or 0), int(wall.group(2)), float(wall.group(3))
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
+    assert rss, result.stderr
+    return hours * 3600 + minutes * 60 + seconds, int(rss.group(1)) / 1024, result.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", default="mind-small")
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/data_scale"))
+    args = parser.parse_args()
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    raw, prepared, evaluated = args.workdir / "raw", args.workdir / "prepared", args.workdir / "eval"
+    overrides = [f"data.synth.scale={args.scale}", f"data.raw_dir={raw}", f"data.prepared_dir={prepared}",
+                 f"eval.output_dir={evaluated}"]
+    stages = {
+        "synth": [*NEWSREC, "data", "synth", "--quiet", *overrides],
+        "prepare": [*NEWSREC, "data", "prepare", "--quiet", *overrides],
+        "eval (random, popularity, category_profile)": [
+            *NEWSREC, "eval", "--baseline", "random", "--baseline", "popularity", "--baseline", "category_profile",
+            *overrides],
+    }
+    rows = []
+    for stage, command in stages.items():
+        wall, rss, _ = timed(command)
+        rows.append({"scale": args.scale, "stage": stage, "wall_s": round(wall, 1), "peak_rss_mib": round(rss)})
+        print(rows[-1], flush=True)
+    stats = json.loads((raw / "synth_stats.json").read_text())
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    sizes = {str(path): path.stat().st_size for path in raw.glob("*/*.tsv")}
+    write_results(args, rows, stats, metrics, sizes)
+
+
+def write_results(args: argparse.Namespace, rows: list[dict], stats: dict, metrics: dict, sizes: dict) -> None:
+    csv_path = args.out.with_suffix(".csv")
+    new_file = not csv_path.exists()
+    with open(csv_path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        if new_file:
+            writer.writeheader()
+        writer.writerows(rows)
+    auc = {name: round(groups["all"]["auc"], 4) for name, groups in metrics["models"].items()}
+    lines = [
+        f"\n## scale `{args.scale}`\n",
+        f"Command: `python benchmarks/data_scale.py --scale {args.scale} --workdir {args.workdir}`  ",
+        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}\n",
+        "| stage | wall (s) | peak RSS (MiB) |", "|---|---:|---:|",
+        *[f"| {row['stage']} | {row['wall_s']} | {row['peak_rss_mib']} |" for row in rows],
+        "",
+        f"Generated: {stats['users']:,} users, {stats['news']:,} news, {stats['impressions']:,} impressions, "
+        f"{stats['clicks']:,} clicks ({stats['clicks_per_impression']:.3f}/impression), "
+        f"{stats['candidates_per_impression']:.1f} candidates/impression; TSV bytes: "
+        f"{sum(sizes.values()) / 1e9:.2f} GB. Dev AUC: {auc}.",
+    ]
+    with open(args.out.with_suffix(".md"), "a") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
