@@ -1,6 +1,7 @@
 """Benchmark the data stages at a given scale: synth → prepare → eval (wall time, peak RSS).
 
-Usage: python benchmarks/data_scale.py --scale mind-large --workdir /tmp/bench-data [--out benchmarks/data_scale]
+Usage: python benchmarks/data_scale.py --scale mind-large --workdir /tmp/bench-data [--stages synth,prepare,eval]
+(a run without synth reuses the workdir's data from an earlier run).
 Each stage runs as its own `newsrec` process under `/usr/bin/time -v`, so peak memory is per stage.
 Writes <out>.csv and <out>.md (appending a row per stage and scale).
 """
@@ -39,20 +40,25 @@ def main() -> None:
     parser.add_argument("--scale", default="mind-small")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/data_scale"))
+    parser.add_argument("--stages", default="synth,prepare,eval")
     args = parser.parse_args()
-    shutil.rmtree(args.workdir, ignore_errors=True)
+    selected = args.stages.split(",")
+    if "synth" in selected:
+        shutil.rmtree(args.workdir, ignore_errors=True)
     raw, prepared, evaluated = args.workdir / "raw", args.workdir / "prepared", args.workdir / "eval"
     overrides = [f"data.synth.scale={args.scale}", f"data.raw_dir={raw}", f"data.prepared_dir={prepared}",
                  f"eval.output_dir={evaluated}"]
     stages = {
         "synth": [*NEWSREC, "data", "synth", "--quiet", *overrides],
         "prepare": [*NEWSREC, "data", "prepare", "--quiet", *overrides],
-        "eval (random, popularity, category_profile)": [
+        "eval": [
             *NEWSREC, "eval", "--baseline", "random", "--baseline", "popularity", "--baseline", "category_profile",
             *overrides],
     }
     rows = []
     for stage, command in stages.items():
+        if stage not in selected:
+            continue
         wall, rss, _ = timed(command)
         rows.append({"scale": args.scale, "stage": stage, "wall_s": round(wall, 1), "peak_rss_mib": round(rss)})
         print(rows[-1], flush=True)
@@ -75,6 +81,8 @@ def write_results(args: argparse.Namespace, rows: list[dict], stats: dict, metri
         f"\n## scale `{args.scale}`\n",
         f"Command: `python benchmarks/data_scale.py --scale {args.scale} --workdir {args.workdir}`  ",
         f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}\n",
+        "Stages: " + ", ".join(row["stage"] for row in rows) + " (eval = random, popularity and "
+        "category_profile baselines on the dev split).\n",
         "| stage | wall (s) | peak RSS (MiB) |", "|---|---:|---:|",
         *[f"| {row['stage']} | {row['wall_s']} | {row['peak_rss_mib']} |" for row in rows],
         "",

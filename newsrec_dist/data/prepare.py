@@ -157,12 +157,17 @@ def _write_behaviors(
     return rows
 
 
-def read_behaviors(prepared_dir: Path, split: str) -> pa.Table:
-    """One split of the prepared behaviors (the partition column is dropped)."""
+def behaviors_path(prepared_dir: Path, split: str) -> Path:
+    """Directory of one split's prepared behaviors, with a clear error when it is missing."""
     path = Path(prepared_dir) / BEHAVIORS_DIR / f"split={split}"
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no prepared behaviors for split {split!r}; run `newsrec data prepare`")
-    return pq.read_table(path, schema=schema.BEHAVIORS_SCHEMA)
+    return path
+
+
+def read_behaviors(prepared_dir: Path, split: str) -> pa.Table:
+    """One split of the prepared behaviors (the partition column is dropped)."""
+    return pq.read_table(behaviors_path(prepared_dir, split), schema=schema.BEHAVIORS_SCHEMA)
 
 
 def read_news_table(prepared_dir: Path) -> pa.Table:

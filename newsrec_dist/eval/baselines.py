@@ -22,7 +22,7 @@ CATEGORY_SHARE_WEIGHT = 0.3
 @dataclass(frozen=True)
 class ScoringContext:
     catalog: NewsCatalog
-    clicks: ClickCounter
+    popularity: np.ndarray  # per candidate, from :func:`popularity_before`
     seed: int
 
 
@@ -39,7 +39,7 @@ def popularity_before(impressions: ImpressionSet, clicks: ClickCounter) -> np.nd
 
 
 def popularity_scores(impressions: ImpressionSet, context: ScoringContext) -> np.ndarray:
-    return popularity_before(impressions, context.clicks)
+    return context.popularity
 
 
 def _history_share(impressions: ImpressionSet, topic_of_news: np.ndarray, n_topics: int) -> np.ndarray:

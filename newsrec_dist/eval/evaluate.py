@@ -6,6 +6,7 @@ on each impression's top-k; its popularity is the candidate's clicks before the 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from newsrec_dist.eval.baselines import BASELINES, ScoringContext, popularity_before
-from newsrec_dist.eval.impressions import ClickCounter, ImpressionSet, NewsCatalog, load_catalog, load_impressions
+from newsrec_dist.eval.impressions import (
+    ClickCounter, ImpressionSet, NewsCatalog, load_catalog, load_clicks, load_impressions,
+)
 from newsrec_dist.eval.metrics import diversity_metrics, impression_metrics, summarize, write_prediction_file
 from newsrec_dist.io import atomic_write_text
 
@@ -27,6 +30,11 @@ class EvalData:
     impressions: ImpressionSet
     clicks: ClickCounter
 
+    @functools.cached_property
+    def popularity(self) -> np.ndarray:
+        """Per candidate: clicks before its impression time (baseline scores and diversity both use it)."""
+        return popularity_before(self.impressions, self.clicks)
+
 
 def load_eval_data(prepared_dir: Path, split: str, labeled_splits: list[str]) -> EvalData:
     """The split to score plus a click counter over every labeled split (for popularity)."""
@@ -36,8 +44,7 @@ def load_eval_data(prepared_dir: Path, split: str, labeled_splits: list[str]) ->
         raise ValueError(f"split {split!r} has no labels: metrics need labeled impressions (use train or dev)")
     click_items, click_times = [], []
     for other in labeled_splits:
-        source = impressions if other == split else load_impressions(prepared_dir, other, catalog)
-        items, times = source.clicks()
+        items, times = impressions.clicks() if other == split else load_clicks(prepared_dir, other, catalog)
         click_items.append(items)
         click_times.append(times)
     return EvalData(catalog, impressions, ClickCounter(np.concatenate(click_items), np.concatenate(click_times)))
@@ -55,8 +62,7 @@ def evaluate_scores(data: EvalData, scores: np.ndarray, cold_history_max: int, d
     per_impression = impression_metrics(scores, imps.labels, imps.offsets)
     known = imps.candidates >= 0
     categories = np.where(known, data.catalog.category[np.maximum(imps.candidates, 0)], -1)
-    popularity = popularity_before(imps, data.clicks)
-    diversity = diversity_metrics(scores, imps.offsets, imps.candidates, categories, popularity, diversity_k)
+    diversity = diversity_metrics(scores, imps.offsets, imps.candidates, categories, data.popularity, diversity_k)
     per_impression_diversity = {name: value for name, value in diversity.items() if isinstance(value, np.ndarray)}
     results: dict[str, Any] = {}
     for group, mask in user_groups(imps, cold_history_max).items():
@@ -74,7 +80,7 @@ def run_baselines(
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
     data = load_eval_data(prepared_dir, split, labeled_splits)
-    context = ScoringContext(catalog=data.catalog, clicks=data.clicks, seed=seed)
+    context = ScoringContext(catalog=data.catalog, popularity=data.popularity, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     for name in names:

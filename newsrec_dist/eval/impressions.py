@@ -6,14 +6,17 @@ coded against the prepared news table, so scoring and metrics are array operatio
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
-from newsrec_dist.data.prepare import read_behaviors, read_news_table
+from newsrec_dist.data.prepare import behaviors_path, read_news_table
+from newsrec_dist.data.schema import BEHAVIORS_SCHEMA
 
 UNKNOWN = -1  # code of a news id absent from news.tsv
 
@@ -60,7 +63,7 @@ class ImpressionSet:
         if self.labels is None:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         clicked = self.labels.astype(bool)
-        return self.candidates[clicked], self.time[self.candidate_owner()][clicked]
+        return self.candidates[clicked], np.repeat(self.time, np.diff(self.offsets))[clicked]
 
 
 def load_catalog(prepared_dir: Path) -> NewsCatalog:
@@ -75,33 +78,78 @@ def load_catalog(prepared_dir: Path) -> NewsCatalog:
     )
 
 
-def _list_codes(catalog: NewsCatalog, column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    lists = column.combine_chunks()
-    offsets = lists.offsets.to_numpy().astype(np.int64)
-    offsets = offsets - offsets[0]
-    return catalog.codes(lists.flatten()), offsets
+BATCH_ROWS = 65_536
+
+
+def _batches(prepared_dir: Path, split: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """Behaviors of a split in record batches: MIND-large's candidate strings never sit in one array."""
+    path = behaviors_path(prepared_dir, split)
+    yield from ds.dataset(path, format="parquet", schema=BEHAVIORS_SCHEMA).to_batches(
+        columns=columns, batch_size=BATCH_ROWS)
+
+
+def _codes_and_lengths(catalog: NewsCatalog, lists: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    lengths = pc.list_value_length(lists).fill_null(0).to_numpy().astype(np.int64)
+    return catalog.codes(lists.flatten()), lengths
+
+
+def _offsets(lengths: list[np.ndarray]) -> np.ndarray:
+    joined = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    offsets = np.zeros(len(joined) + 1, dtype=np.int64)
+    np.cumsum(joined, out=offsets[1:])
+    return offsets
 
 
 def load_impressions(prepared_dir: Path, split: str, catalog: NewsCatalog) -> ImpressionSet:
-    table = read_behaviors(prepared_dir, split)
-    candidates, offsets = _list_codes(catalog, table["impressions"])
-    history, history_offsets = _list_codes(catalog, table["history"])
-    labels_column = table["labels"].combine_chunks()
-    labels = None if labels_column.null_count == len(labels_column) else labels_column.flatten().to_numpy().astype(np.int8)
+    """A split as an :class:`ImpressionSet`, built batch by batch (bounded temporaries)."""
+    parts: dict[str, list] = {name: [] for name in (
+        "impression_id", "user_id", "time", "candidates", "lengths", "labels", "history", "history_lengths")}
+    labeled = True
+    for batch in _batches(prepared_dir, split, list(BEHAVIORS_SCHEMA.names)):
+        candidates, lengths = _codes_and_lengths(catalog, batch.column("impressions"))
+        history, history_lengths = _codes_and_lengths(catalog, batch.column("history"))
+        labels = batch.column("labels")
+        labeled = labeled and labels.null_count == 0
+        for name, value in (("impression_id", batch.column("impression_id").to_numpy()),
+                            ("user_id", batch.column("user_id")),
+                            ("time", batch.column("time").cast(pa.int64()).to_numpy()),
+                            ("candidates", candidates), ("lengths", lengths), ("history", history),
+                            ("history_lengths", history_lengths),
+                            ("labels", labels.flatten().to_numpy(zero_copy_only=False) if labeled else None)):
+            parts[name].append(value)
     return ImpressionSet(
-        impression_id=table["impression_id"].to_numpy(),
-        user_id=table["user_id"].combine_chunks(),
-        time=table["time"].combine_chunks().cast(pa.int64()).to_numpy(),
-        offsets=offsets,
-        candidates=candidates,
-        labels=labels,
-        history_offsets=history_offsets,
-        history=history,
+        impression_id=np.concatenate(parts["impression_id"] or [np.zeros(0, np.int64)]),
+        user_id=pa.concat_arrays(parts["user_id"]) if parts["user_id"] else pa.array([], pa.string()),
+        time=np.concatenate(parts["time"] or [np.zeros(0, np.int64)]),
+        offsets=_offsets(parts["lengths"]),
+        candidates=np.concatenate(parts["candidates"] or [np.zeros(0, np.int64)]),
+        labels=np.concatenate(parts["labels"]).astype(np.int8) if labeled and parts["labels"] else None,
+        history_offsets=_offsets(parts["history_lengths"]),
+        history=np.concatenate(parts["history"] or [np.zeros(0, np.int64)]),
     )
 
 
+def load_clicks(prepared_dir: Path, split: str, catalog: NewsCatalog) -> tuple[np.ndarray, np.ndarray]:
+    """(news code, time) of every click in a labeled split, streamed batch by batch."""
+    items, times = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for batch in _batches(prepared_dir, split, ["time", "impressions", "labels"]):
+        labels = batch.column("labels")
+        if labels.null_count:
+            raise ValueError(f"split {split!r} has unlabeled impressions: no clicks to count")
+        clicked = labels.flatten().to_numpy(zero_copy_only=False).astype(bool)
+        lengths = pc.list_value_length(batch.column("impressions")).to_numpy()
+        items.append(catalog.codes(batch.column("impressions").flatten().filter(pa.array(clicked))))
+        times.append(np.repeat(batch.column("time").cast(pa.int64()).to_numpy(), lengths)[clicked])
+    return np.concatenate(items), np.concatenate(times)
+
+
 class ClickCounter:
-    """Clicks on each item strictly before a given time, answered with two ``searchsorted`` calls."""
+    """Clicks on each item strictly before a given time.
+
+    Clicks are sorted by (item, time) keys; a query is a ``searchsorted`` of its own key. Queries are
+    answered in sorted order, which numpy's binary search exploits (each search starts where the
+    previous ended), so tens of millions of candidates cost seconds, not minutes.
+    """
 
     def __init__(self, items: np.ndarray, times: np.ndarray) -> None:
         known = items >= 0
@@ -111,7 +159,14 @@ class ClickCounter:
     def _key(items: np.ndarray, times: np.ndarray) -> np.ndarray:
         return items.astype(np.int64) * (1 << 33) + times.astype(np.int64)
 
+    def _sorted_search(self, queries: np.ndarray) -> np.ndarray:
+        order = np.argsort(queries, kind="stable")
+        found = np.empty(len(queries), dtype=np.int64)
+        found[order] = np.searchsorted(self.keys, queries[order], side="left")
+        return found
+
     def before(self, items: np.ndarray, times: np.ndarray) -> np.ndarray:
-        start = np.searchsorted(self.keys, self._key(items, np.zeros_like(times)), side="left")
-        stop = np.searchsorted(self.keys, self._key(items, times), side="left")
-        return np.where(items >= 0, stop - start, 0)
+        first_click = np.searchsorted(self.keys, self._key(np.arange(max(int(items.max(initial=0)) + 1, 1)),
+                                                           np.zeros(1, np.int64)), side="left")
+        stop = self._sorted_search(self._key(items, times))
+        return np.where(items >= 0, stop - first_click[np.maximum(items, 0)], 0)
