@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from newsrec_dist.arrays import offsets_from_lengths
 from newsrec_dist.config import SynthConfig
 from newsrec_dist.data.vocabulary import GENERAL_WORDS, TOPICS
 from newsrec_dist.io import Manifest, ResumableDir, atomic_write_text, is_up_to_date
@@ -130,12 +131,6 @@ def categorical_rows(probabilities: np.ndarray, rows: np.ndarray, rng: np.random
     targets = rows + rng.random(len(rows)) * (1 - 1e-12)
     flat = np.searchsorted(keys, targets, side="left")
     return np.minimum(flat - rows * n_cols, n_cols - 1)
-
-
-def ragged_offsets(lengths: np.ndarray) -> np.ndarray:
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return offsets
 
 
 def negative_binomial_lengths(
@@ -237,7 +232,7 @@ def random_texts(
     pool = rng.choice(4, size=len(owner_sub), p=TEXT_POOL_SHARES)
     word_ids = pools.starts[owner_sub, pool] + (rng.random(len(pool)) * pools.sizes[owner_sub, pool]).astype(np.int64)
     words = pools.words[word_ids].tolist()
-    offsets = ragged_offsets(lengths).tolist()
+    offsets = offsets_from_lengths(lengths).tolist()
     return [" ".join(words[start:stop]).capitalize() for start, stop in zip(offsets[:-1], offsets[1:])]
 
 
@@ -328,7 +323,7 @@ def sample_histories(
     owner, items = pairs // catalogue.size, pairs % catalogue.size
     order = np.lexsort((catalogue.published[items], owner))  # item index is time order
     counts = np.bincount(owner, minlength=len(interest))
-    return items[order], ragged_offsets(counts)
+    return items[order], offsets_from_lengths(counts)
 
 
 def current_log_popularity(cfg: SynthConfig, catalogue: Catalogue, items: np.ndarray, when: np.ndarray) -> np.ndarray:
@@ -353,9 +348,9 @@ def sample_candidates(
     _, first = np.unique(owner * np.int64(catalogue.size) + items, return_index=True)
     keep = np.sort(first)  # unique candidates in drawn order (np.unique sorts by item)
     owner, items = owner[keep], items[keep]
-    rank = np.arange(len(owner)) - ragged_offsets(np.bincount(owner, minlength=len(when)))[owner]
+    rank = np.arange(len(owner)) - offsets_from_lengths(np.bincount(owner, minlength=len(when)))[owner]
     owner, items = owner[rank < wanted[owner]], items[rank < wanted[owner]]
-    return items, ragged_offsets(np.bincount(owner, minlength=len(when)))
+    return items, offsets_from_lengths(np.bincount(owner, minlength=len(when)))
 
 
 def choose_clicks(

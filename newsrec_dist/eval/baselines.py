@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from newsrec_dist.arrays import searchsorted_many
 from newsrec_dist.eval.impressions import ClickCounter, ImpressionSet, NewsCatalog
 
 CATEGORY_SHARE_WEIGHT = 0.3
@@ -54,7 +55,7 @@ def _history_share(impressions: ImpressionSet, topic_of_news: np.ndarray, n_topi
     wanted = candidate_owner * n_topics + candidate_topic
     if not len(keys):
         return np.zeros(len(wanted))
-    position = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    position = np.minimum(searchsorted_many(keys, wanted), len(keys) - 1)
     hits = np.where((keys[position] == wanted) & (candidate_topic >= 0), counts[position], 0)
     return hits / np.maximum(lengths[candidate_owner], 1)
 

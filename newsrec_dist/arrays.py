@@ -1,0 +1,25 @@
+"""Small numpy building blocks shared by the data, eval and graph stages."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def offsets_from_lengths(lengths: np.ndarray) -> np.ndarray:
+    """CSR offsets (length n+1, int64) for ragged rows of the given lengths."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def searchsorted_many(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(sorted_keys, queries, side="left")`` for tens of millions of queries.
+
+    Queries are searched in sorted order, which numpy's binary search exploits (each search starts
+    where the previous ended): on 67M random queries this is several times faster than asking in
+    arbitrary order, which misses the cache on every probe.
+    """
+    order = np.argsort(queries, kind="stable")
+    found = np.empty(len(queries), dtype=np.int64)
+    found[order] = np.searchsorted(sorted_keys, queries[order], side="left")
+    return found
