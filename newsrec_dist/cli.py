@@ -19,6 +19,8 @@ from newsrec_dist.config import ConfigError, as_object, load_config
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="MIND data: synthesize, download, prepare.")
 app.add_typer(data_app, name="data")
+graphs_app = typer.Typer(no_args_is_help=True, help="LECOP co-occurrence graphs on Spark.")
+app.add_typer(graphs_app, name="graphs")
 console = Console()
 
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="config overrides, key=value")]
@@ -106,6 +108,27 @@ def data_download(
         _fail(error)
     for name, path in paths.items():
         console.print(f"{name}: {path}")
+
+
+@graphs_app.command("build")
+def graphs_build(
+    overrides: Overrides = None,
+    window: Annotated[Optional[list[int]], typer.Option(help="window size(s) 1..5 (graphs.windows)")] = None,
+) -> None:
+    """Keywords (TF-IDF) then the news-ID, item-item keyword and intra-item keyword graphs."""
+    from newsrec_dist.pipeline import RunState, stage_graphs, stage_keywords
+
+    extra = [f"graphs.windows=[{','.join(map(str, window))}]"] if window else []
+    state = RunState(cfg=_compose(extra + list(overrides or [])))
+    try:
+        stage_keywords(state)
+        stage_graphs(state)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(error)
+    for name, stats in state.outputs["graphs"].items():
+        console.print(f"{name}: {stats['edges']} edges, {stats['nodes_with_edges']} nodes with edges, "
+                      f"{stats['components']} components")
+    console.print(f"wrote {state.cfg.graphs.output_dir}")
 
 
 @app.command("eval")

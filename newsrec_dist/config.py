@@ -83,6 +83,35 @@ class EvalConfig:
 
 
 @dataclass
+class SparkConfig:
+    """Spark settings; ``master`` and ``conf`` are passed through, so a cluster is config alone."""
+
+    master: str | None = "local[*]"  # None: taken from spark-submit --master
+    app_name: str = "newsrec-graphs"
+    conf: dict[str, Any] = field(default_factory=lambda: {
+        "spark.ui.enabled": "false",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.host": "127.0.0.1",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": "8",
+        "spark.driver.memory": "4g",
+    })
+
+
+@dataclass
+class GraphsConfig:
+    windows: list[int] = field(default_factory=lambda: [2, 3])
+    min_weight: int = 1
+    top_k: int | None = None
+    split: str = "train"
+    keywords_top_k: int = 5
+    output_dir: str = "${paths.work_dir}/graphs"
+    keywords_path: str = "${paths.work_dir}/keywords/tfidf"
+    pagerank_iterations: int = 20
+    spark: SparkConfig = field(default_factory=SparkConfig)
+
+
+@dataclass
 class PathsConfig:
     work_dir: str = "runs/${experiment_name}"
 
@@ -94,6 +123,7 @@ class RootConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    graphs: GraphsConfig = field(default_factory=GraphsConfig)
     stages: list[str] = field(default_factory=list)
 
 
@@ -102,6 +132,7 @@ def _register_schemas() -> None:
     store.store(name="root_schema", node=RootConfig)
     store.store(group="data", name="data_schema", node=DataConfig)
     store.store(group="eval", name="eval_schema", node=EvalConfig)
+    store.store(group="graphs", name="graphs_schema", node=GraphsConfig)
 
 
 def conf_dir() -> Path:

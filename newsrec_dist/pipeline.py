@@ -1,7 +1,7 @@
 """The main job: run the configured stages in order, each skipped when its artifact is current.
 
-Stages today: ``synth`` (or ``download`` for real MIND) → ``prepare`` → ``eval`` → ``report``.
-Later stages (graphs, node2vec, encoder, generation, training) join this list as they land.
+Stages today: ``synth`` (or ``download`` for real MIND) → ``prepare`` → ``keywords`` → ``graphs`` →
+``eval`` → ``report``. Later stages (node2vec, encoder, generation, training) join as they land.
 """
 
 from __future__ import annotations
@@ -51,6 +51,22 @@ def stage_prepare(state: RunState) -> None:
     state.outputs["prepare"] = result.summary
 
 
+def stage_keywords(state: RunState) -> None:
+    from newsrec_dist.graphs.build import build_keywords
+
+    cfg = state.cfg
+    build_keywords(Path(cfg.data.prepared_dir), Path(cfg.graphs.keywords_path), cfg.graphs.keywords_top_k)
+
+
+def stage_graphs(state: RunState) -> None:
+    from newsrec_dist.graphs.build import KEYWORDS_FILE, build_graphs
+
+    cfg = state.cfg
+    state.outputs["graphs"] = build_graphs(as_object(cfg.graphs), Path(cfg.data.prepared_dir),
+                                           Path(cfg.graphs.keywords_path) / KEYWORDS_FILE,
+                                           Path(cfg.graphs.output_dir))
+
+
 def stage_eval(state: RunState) -> None:
     from newsrec_dist.eval.evaluate import run_baselines
 
@@ -71,6 +87,8 @@ STAGES: dict[str, Callable[[RunState], None]] = {
     "synth": stage_synth,
     "download": stage_download,
     "prepare": stage_prepare,
+    "keywords": stage_keywords,
+    "graphs": stage_graphs,
     "eval": stage_eval,
     "report": stage_report,
 }

@@ -22,7 +22,7 @@ def test_config_composes_quickstart_with_typed_overrides() -> None:
     assert cfg.data.name == "synth-tiny"
     assert cfg.data.raw_dir == "runs/quickstart/raw/synth-tiny"
     assert cfg.eval.diversity_k == 5
-    assert list(cfg.stages) == ["synth", "prepare", "eval", "report"]
+    assert list(cfg.stages) == ["synth", "prepare", "keywords", "graphs", "eval", "report"]
     with pytest.raises(ConfigError, match="could not be converted to Float"):
         load_config(["data.synth.affinity_weight=strong"])
     with pytest.raises(ConfigError, match="experiment"):

@@ -27,6 +27,16 @@ def _synth_section(stats: dict[str, Any]) -> str:
     return "\n".join(["| statistic | value |", "|---|---:|", *rows])
 
 
+def _graphs_table(stats: dict[str, Any]) -> str:
+    lines = ["| graph | nodes with edges | edges | mean degree | max degree | components | top PageRank |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name, graph in stats.items():
+        leaders = ", ".join(entry["key"] for entry in graph["pagerank_top"][:3]) or "-"
+        lines.append(f"| {name} | {graph['nodes_with_edges']} | {graph['edges']} | {graph['degree']['mean']:.1f} | "
+                     f"{graph['degree']['max']} | {graph['components']} | {leaders} |")
+    return "\n".join(lines)
+
+
 def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, float]) -> Path:
     """Write ``<work_dir>/report.md`` from what the stages produced; returns its path."""
     sections = [f"# newsrec-dist report: {cfg.experiment_name}", ""]
@@ -38,6 +48,8 @@ def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, fl
         sections += ["## Row accounting (read = kept + rejected)", "",
                      f"{summary['rows_read']} rows read, {summary['rows_kept']} kept, "
                      f"{summary['rows_rejected']} rejected.", "", _accounting_table(summary), ""]
+    if "graphs" in outputs:
+        sections += ["## Co-occurrence graphs", "", _graphs_table(outputs["graphs"]), ""]
     if "eval" in outputs:
         sections += ["## Metrics (per impression, then averaged; MIND definitions)", "",
                      metrics_markdown(outputs["eval"], cfg.eval.diversity_k), "",

@@ -1,0 +1,121 @@
+"""Stages ``keywords`` and ``graphs``: keyword table, then the three graphs for every window on Spark.
+
+Layout of the graphs artifact::
+
+    nodes/news/, nodes/keyword/            node_id (contiguous, in key order), key
+    news/w=<w>/, item_keyword/w=<w>/       src, dst (node ids, src < dst), weight, src_key, dst_key
+    intra_keyword/                         same columns (independent of the window)
+    stats.json · manifest.json
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from newsrec_dist.config import GraphsConfig
+from newsrec_dist.data.prepare import BEHAVIORS_DIR, NEWS_FILE, read_news_table
+from newsrec_dist.graphs import spark_job
+from newsrec_dist.graphs.keywords import tfidf_keywords
+from newsrec_dist.graphs.spark_session import spark_session
+from newsrec_dist.graphs.stats import graph_stats
+from newsrec_dist.io import Manifest, atomic_dir, atomic_write_text, is_up_to_date, read_manifest, sha256_file
+
+KEYWORDS_FILE = "keywords.parquet"
+MAX_WINDOW = 5
+
+
+def build_keywords(prepared_dir: Path, out_dir: Path, top_k: int) -> Path:
+    """TF-IDF keyword table for every news item; skipped when news and ``top_k`` are unchanged."""
+    inputs = {"news": sha256_file(Path(prepared_dir) / NEWS_FILE)}
+    config = {"method": "tfidf", "top_k": top_k}
+    if not is_up_to_date(out_dir, "keywords", inputs, config):
+        table = tfidf_keywords(read_news_table(prepared_dir), top_k=top_k)
+        with atomic_dir(Path(out_dir)) as work:
+            pq.write_table(table, work / KEYWORDS_FILE)
+            Manifest(stage="keywords", inputs=inputs, config=config, rows={"news": table.num_rows}).write(work)
+    return Path(out_dir) / KEYWORDS_FILE
+
+
+def _fingerprint(directory: Path) -> str:
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise FileNotFoundError(f"{directory}: no manifest.json; run the stage that makes it first")
+    return str(manifest["fingerprint"])
+
+
+def _output_config(cfg: GraphsConfig) -> dict[str, Any]:
+    """What changes the graphs (Spark settings do not)."""
+    return {key: value for key, value in asdict(cfg).items() if key not in ("spark", "output_dir", "keywords_path")}
+
+
+def build_graphs(cfg: GraphsConfig, prepared_dir: Path, keywords_path: Path, out_dir: Path) -> dict[str, Any]:
+    """Build, write and summarise all graphs; a re-run with the same inputs and config is a no-op."""
+    bad = [w for w in cfg.windows if not 1 <= w <= MAX_WINDOW]
+    if bad:
+        raise ValueError(f"graphs.windows must lie in 1..{MAX_WINDOW}, got {bad}")
+    inputs = {"prepared": _fingerprint(prepared_dir), "keywords": _fingerprint(keywords_path.parent)}
+    config = _output_config(cfg)
+    if is_up_to_date(out_dir, "graphs", inputs, config):
+        return json.loads((Path(out_dir) / "stats.json").read_text())
+    with atomic_dir(Path(out_dir)) as work, spark_session(cfg.spark) as spark:
+        rows = _write_graphs(spark, cfg, prepared_dir, keywords_path, work)
+        stats = _all_stats(work, cfg)
+        atomic_write_text(work / "stats.json", json.dumps(stats, indent=2))
+        Manifest(stage="graphs", inputs=inputs, config=config, rows=rows).write(work)
+    return stats
+
+
+def _write_graphs(spark: SparkSession, cfg: GraphsConfig, prepared_dir: Path, keywords_path: Path,
+                  work: Path) -> dict[str, int]:
+    behaviors = spark.read.parquet(str(Path(prepared_dir) / BEHAVIORS_DIR)).where(F.col("split") == cfg.split)
+    sequences = spark_job.click_sequences(behaviors).cache()
+    keywords = spark_job.distinct_keywords(spark.read.parquet(str(keywords_path))).cache()
+    news_ids = spark.read.parquet(str(Path(prepared_dir) / NEWS_FILE)).select(F.col("news_id").alias("key"))
+    clicked = sequences.select(F.explode("seq").alias("key"))
+    news_nodes = spark_job.node_table(news_ids.unionByName(clicked)).cache()
+    keyword_nodes = spark_job.node_table(keywords.select(F.explode("keywords").alias("key"))).cache()
+    news_nodes.write.parquet(str(work / "nodes" / "news"))
+    keyword_nodes.write.parquet(str(work / "nodes" / "keyword"))
+    rows = {"nodes/news": news_nodes.count(), "nodes/keyword": keyword_nodes.count()}
+    intra = spark_job.intra_item_keyword_graph(sequences, keywords)
+    rows["intra_keyword"] = _write_edges(intra, keyword_nodes, cfg, work / "intra_keyword")
+    for window in cfg.windows:
+        news_edges = spark_job.news_graph(sequences, window).cache()
+        rows[f"news/w={window}"] = _write_edges(news_edges, news_nodes, cfg, work / "news" / f"w={window}")
+        item_keyword = spark_job.item_item_keyword_graph(news_edges, keywords)  # from unpruned co-clicks
+        rows[f"item_keyword/w={window}"] = _write_edges(item_keyword, keyword_nodes, cfg,
+                                                        work / "item_keyword" / f"w={window}")
+        news_edges.unpersist()
+    return rows
+
+
+def _write_edges(edges: DataFrame, nodes: DataFrame, cfg: GraphsConfig, path: Path) -> int:
+    pruned = spark_job.with_node_ids(spark_job.prune(edges, cfg.min_weight, cfg.top_k), nodes)
+    pruned.orderBy("src", "dst").write.parquet(str(path))
+    return pq.read_table(path, columns=["src"]).num_rows
+
+
+def _all_stats(work: Path, cfg: GraphsConfig) -> dict[str, Any]:
+    news_keys = _keys(work / "nodes" / "news")
+    keyword_keys = _keys(work / "nodes" / "keyword")
+    stats = {"intra_keyword": graph_stats(pq.read_table(work / "intra_keyword"), keyword_keys,
+                                          cfg.pagerank_iterations)}
+    for window in cfg.windows:
+        stats[f"news/w={window}"] = graph_stats(pq.read_table(work / "news" / f"w={window}"), news_keys,
+                                                cfg.pagerank_iterations)
+        stats[f"item_keyword/w={window}"] = graph_stats(pq.read_table(work / "item_keyword" / f"w={window}"),
+                                                        keyword_keys, cfg.pagerank_iterations)
+    return stats
+
+
+def _keys(path: Path) -> np.ndarray:
+    nodes = pq.read_table(path).sort_by("node_id")
+    return np.asarray(nodes["key"].to_pylist(), dtype=object)

@@ -1,0 +1,34 @@
+"""A SparkSession from config: ``local[*]`` here, whatever ``spark-submit`` says on a cluster."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pyspark.sql import SparkSession
+
+from newsrec_dist.config import SparkConfig
+
+
+def _builder(cfg: SparkConfig) -> SparkSession.Builder:
+    builder = SparkSession.builder.appName(cfg.app_name)
+    if cfg.master:
+        builder = builder.master(cfg.master)
+    for key, value in cfg.conf.items():
+        if value is not None:  # null in config removes a default (e.g. the loopback binding on clusters)
+            builder = builder.config(key, str(value))
+    return builder
+
+
+@contextmanager
+def spark_session(cfg: SparkConfig) -> Iterator[SparkSession]:
+    """Start (or join) a session; a local master binds to loopback unless configured otherwise."""
+    if cfg.master and cfg.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    session = _builder(cfg).getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    try:
+        yield session
+    finally:
+        session.stop()
