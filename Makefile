@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH_CLUSTER := torch-cluster==1.6.3
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export HF_HUB_OFFLINE ?= 1
 export RAY_AUTH_MODE ?= disabled
@@ -14,6 +15,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade "pip>=24" "setuptools>=68" wheel
 	$(BIN)/pip install -e ".[test]"
+	# Node2Vec's random walks: torch-cluster is source-only on PyPI and must build against the installed
+	# torch (no build isolation). First build ~15-25 min on 2 cores; pip caches the wheel afterwards.
+	$(BIN)/python -c "import torch_cluster" 2>/dev/null || $(BIN)/pip install --no-build-isolation "$(TORCH_CLUSTER)"
 	touch $(STAMP)
 
 bootstrap: $(STAMP)

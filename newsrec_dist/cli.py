@@ -21,6 +21,8 @@ data_app = typer.Typer(no_args_is_help=True, help="MIND data: synthesize, downlo
 app.add_typer(data_app, name="data")
 graphs_app = typer.Typer(no_args_is_help=True, help="LECOP co-occurrence graphs on Spark.")
 app.add_typer(graphs_app, name="graphs")
+node2vec_app = typer.Typer(no_args_is_help=True, help="Node2Vec graph embeddings (torch-geometric, Ray tasks).")
+app.add_typer(node2vec_app, name="node2vec")
 console = Console()
 
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="config overrides, key=value")]
@@ -129,6 +131,28 @@ def graphs_build(
         console.print(f"{name}: {stats['edges']} edges, {stats['nodes_with_edges']} nodes with edges, "
                       f"{stats['components']} components")
     console.print(f"wrote {state.cfg.graphs.output_dir}")
+
+
+@node2vec_app.command("train")
+def node2vec_train(
+    overrides: Overrides = None,
+    graph: Annotated[Optional[list[str]], typer.Option(help="graph(s) to embed, e.g. news/w=2 (node2vec.graphs)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu | cuda | auto (node2vec.device)")] = None,
+    quiet: bool = typer.Option(False, help="no progress bars"),
+) -> None:
+    """Node2Vec on each graph of the graphs artifact, one Ray task per graph; resumes after a kill."""
+    from newsrec_dist.embed.node2vec_stage import embed_graphs
+
+    extra = [f"node2vec.graphs=[{','.join(repr(name) for name in graph)}]"] if graph else []  # quoted: names hold '='
+    cfg = _compose(extra + list(overrides or []), **{"node2vec.device": device})
+    try:
+        summaries = embed_graphs(as_object(cfg.node2vec), show_progress=not quiet)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(error)
+    for name, summary in summaries.items():
+        console.print(f"{name}: {summary['nodes_with_edges']} of {summary['nodes']} nodes embedded, "
+                      f"{summary['epochs']} epochs, final loss {summary['losses'][-1]:.4f}")
+    console.print(f"wrote {cfg.node2vec.output_dir}")
 
 
 @app.command("eval")

@@ -90,6 +90,7 @@ class SparkConfig:
     app_name: str = "newsrec-graphs"
     conf: dict[str, Any] = field(default_factory=lambda: {
         "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",  # stage bars garble logs; the stage prints its own summary
         "spark.driver.bindAddress": "127.0.0.1",
         "spark.driver.host": "127.0.0.1",
         "spark.sql.session.timeZone": "UTC",
@@ -112,6 +113,47 @@ class GraphsConfig:
 
 
 @dataclass
+class RayConfig:
+    """Where Ray tasks run: ``local`` starts a private single-node Ray; ``auto`` or ``ray://...`` joins a cluster."""
+
+    address: str = "local"
+    num_cpus: int | None = None  # local only; None: all cores
+    include_dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"
+    temp_dir: str | None = None  # local only; a private dir keeps tests apart from other Ray users
+
+
+@dataclass
+class Node2VecConfig:
+    """PyG Node2Vec per graph; each graph (or window variant) is one Ray task."""
+
+    graphs: list[str] = field(default_factory=lambda: ["news/w=2", "item_keyword/w=2", "intra_keyword"])
+    embedding_dim: int = 64
+    walk_length: int = 20
+    context_size: int = 10
+    walks_per_node: int = 10
+    p: float = 1.0
+    q: float = 1.0
+    num_negative_samples: int = 1
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 0.025
+    init_std: float | None = 0.1  # None keeps PyG's N(0, 1) initialisation (slow to converge)
+    sparse: bool = True  # sparse embedding gradients + SparseAdam (PyG's recommended setup)
+    edge_weights: str = "multiplicity"  # none | multiplicity | log1p: how weights bias the walks
+    max_multiplicity: int = 8
+    min_weight: int = 1
+    device: str = "cpu"  # cpu | cuda | auto
+    loader_workers: int = 0
+    seed: int = 42
+    task_cpus: float = 1.0  # Ray resources per graph task
+    task_gpus: float = 0.0
+    graphs_dir: str = "${graphs.output_dir}"
+    output_dir: str = "${paths.work_dir}/node2vec"
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+@dataclass
 class PathsConfig:
     work_dir: str = "runs/${experiment_name}"
 
@@ -124,6 +166,7 @@ class RootConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     graphs: GraphsConfig = field(default_factory=GraphsConfig)
+    node2vec: Node2VecConfig = field(default_factory=Node2VecConfig)
     stages: list[str] = field(default_factory=list)
 
 
@@ -133,6 +176,7 @@ def _register_schemas() -> None:
     store.store(group="data", name="data_schema", node=DataConfig)
     store.store(group="eval", name="eval_schema", node=EvalConfig)
     store.store(group="graphs", name="graphs_schema", node=GraphsConfig)
+    store.store(group="node2vec", name="node2vec_schema", node=Node2VecConfig)
 
 
 def conf_dir() -> Path:

@@ -150,6 +150,14 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def artifact_fingerprint(directory: Path) -> str:
+    """The fingerprint of a finished artifact, the input identity of the stages that read it."""
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise FileNotFoundError(f"{directory}: no manifest.json; run the stage that makes it first")
+    return str(manifest["fingerprint"])
+
+
 def is_up_to_date(directory: Path, stage: str, inputs: Mapping[str, str], config: Mapping[str, Any]) -> bool:
     """True when ``directory`` holds a complete artifact made from these inputs and config."""
     existing = read_manifest(directory)

@@ -1,7 +1,7 @@
 """The main job: run the configured stages in order, each skipped when its artifact is current.
 
 Stages today: ``synth`` (or ``download`` for real MIND) → ``prepare`` → ``keywords`` → ``graphs`` →
-``eval`` → ``report``. Later stages (node2vec, encoder, generation, training) join as they land.
+``node2vec`` → ``eval`` → ``report``. Later stages (encoder, generation, training) join as they land.
 """
 
 from __future__ import annotations
@@ -67,6 +67,12 @@ def stage_graphs(state: RunState) -> None:
                                            Path(cfg.graphs.output_dir))
 
 
+def stage_node2vec(state: RunState) -> None:
+    from newsrec_dist.embed.node2vec_stage import embed_graphs
+
+    state.outputs["node2vec"] = embed_graphs(as_object(state.cfg.node2vec))
+
+
 def stage_eval(state: RunState) -> None:
     from newsrec_dist.eval.evaluate import run_baselines
 
@@ -89,6 +95,7 @@ STAGES: dict[str, Callable[[RunState], None]] = {
     "prepare": stage_prepare,
     "keywords": stage_keywords,
     "graphs": stage_graphs,
+    "node2vec": stage_node2vec,
     "eval": stage_eval,
     "report": stage_report,
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ def test_config_composes_quickstart_with_typed_overrides() -> None:
     assert cfg.data.name == "synth-tiny"
     assert cfg.data.raw_dir == "runs/quickstart/raw/synth-tiny"
     assert cfg.eval.diversity_k == 5
-    assert list(cfg.stages) == ["synth", "prepare", "keywords", "graphs", "eval", "report"]
+    assert list(cfg.stages) == ["synth", "prepare", "keywords", "graphs", "node2vec", "eval", "report"]
     with pytest.raises(ConfigError, match="could not be converted to Float"):
         load_config(["data.synth.affinity_weight=strong"])
     with pytest.raises(ConfigError, match="experiment"):
@@ -31,10 +32,15 @@ def test_config_composes_quickstart_with_typed_overrides() -> None:
 
 def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
     work = tmp_path / "run"
-    args = ["run", "experiment=quickstart", "data.synth.scale=tiny", f"paths.work_dir={work}"]
-    first = newsrec(*args, cwd=tmp_path)
+    ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # private Ray; socket paths must stay short
+    settings = ["data.synth.scale=tiny", f"paths.work_dir={work}", f"node2vec.ray.temp_dir={ray_dir}"]
+    first = newsrec("run", "experiment=quickstart", *settings, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     report = (work / "report.md").read_text()
+    assert "## Co-occurrence graphs" in report and "| news/w=2 |" in report
+    assert "## Node2Vec embeddings" in report
+    for graph in ("news/w=2", "item_keyword/w=2", "intra_keyword"):
+        assert (work / "node2vec" / graph / "embeddings.parquet").is_file()
     for name in ("random", "popularity", "category_profile"):
         assert f"| {name} | all |" in report and f"| {name} | new |" in report
     metrics = json.loads((work / "eval" / "metrics.json").read_text())
@@ -44,10 +50,13 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
     assert len(prediction_lines) == metrics["impressions"]
     raw_file = work / "raw" / "synth-tiny" / "train" / "behaviors.tsv"
     parquet = work / "prepared" / "synth-tiny" / "behaviors" / "split=train" / "part-0.parquet"
-    stamps = raw_file.stat().st_mtime_ns, parquet.stat().st_mtime_ns
-    second = newsrec(*args, cwd=tmp_path)
+    embeddings = work / "node2vec" / "news" / "w=2" / "manifest.json"
+    stamps = raw_file.stat().st_mtime_ns, parquet.stat().st_mtime_ns, embeddings.stat().st_mtime_ns
+    second = newsrec("run", "experiment=quickstart", *settings, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert (raw_file.stat().st_mtime_ns, parquet.stat().st_mtime_ns) == stamps
+    assert (raw_file.stat().st_mtime_ns, parquet.stat().st_mtime_ns, embeddings.stat().st_mtime_ns) == stamps
+    unknown = newsrec("node2vec", "train", "--graph", "news/w=9", *settings, cwd=tmp_path)
+    assert unknown.returncode == 2 and "news/w=9" in unknown.stdout
 
 
 def test_bad_options_fail_with_a_clear_message(tmp_path: Path) -> None:

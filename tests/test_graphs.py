@@ -16,33 +16,19 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from newsrec_dist.config import GraphsConfig, SparkConfig, SynthConfig
-from newsrec_dist.data.prepare import prepare
+from newsrec_dist.config import GraphsConfig, SparkConfig
 from newsrec_dist.data.schema import BEHAVIORS_SCHEMA
-from newsrec_dist.data.synth import generate
 from newsrec_dist.graphs import reference, spark_job
-from newsrec_dist.graphs.build import build_graphs, build_keywords
+from newsrec_dist.graphs.build import build_graphs
 from newsrec_dist.graphs.sequences import click_sequences, keyword_index
 from newsrec_dist.graphs.spark_session import spark_session
 from newsrec_dist.graphs.stats import adjacency, graph_stats, pagerank
 
-LOCAL_SPARK = SparkConfig(master="local[2]", conf={**SparkConfig().conf, "spark.sql.shuffle.partitions": "4",
-                                                   "spark.driver.memory": "1g"})
-
 
 @pytest.fixture(scope="module")
-def spark() -> SparkSession:
-    with spark_session(LOCAL_SPARK) as session:
+def spark(local_spark: SparkConfig) -> SparkSession:
+    with spark_session(local_spark) as session:
         yield session
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("graphs")
-    generate(SynthConfig(scale="tiny"), root / "raw", show_progress=False)
-    prepare(root / "raw", root / "prepared", ["train", "dev"], show_progress=False)
-    keywords = build_keywords(root / "prepared", root / "keywords", top_k=4)
-    return root / "prepared", keywords
 
 
 def sorted_edges(frame: pd.DataFrame) -> pd.DataFrame:
@@ -153,9 +139,10 @@ def test_pruning_matches_reference(spark: SparkSession, min_weight: int, top_k: 
     assert len(pruned) < len(edges) or (min_weight == 1 and top_k is None)
 
 
-def test_build_graphs_artifacts_ids_stats_and_noop_rerun(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+def test_build_graphs_artifacts_ids_stats_and_noop_rerun(tiny: tuple[Path, Path], tmp_path: Path,
+                                                        local_spark: SparkConfig) -> None:
     prepared, keywords = tiny
-    cfg = GraphsConfig(windows=[1, 2], top_k=20, spark=LOCAL_SPARK)
+    cfg = GraphsConfig(windows=[1, 2], top_k=20, spark=local_spark)
     out = tmp_path / "graphs"
     stats = build_graphs(cfg, prepared, keywords, out)
     nodes = pq.read_table(out / "nodes" / "news").to_pandas().sort_values("node_id")
@@ -172,7 +159,7 @@ def test_build_graphs_artifacts_ids_stats_and_noop_rerun(tiny: tuple[Path, Path]
     assert build_graphs(cfg, prepared, keywords, out) == stats
     assert (out / "manifest.json").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="1..5"):
-        build_graphs(GraphsConfig(windows=[6], spark=LOCAL_SPARK), prepared, keywords, tmp_path / "bad")
+        build_graphs(GraphsConfig(windows=[6], spark=local_spark), prepared, keywords, tmp_path / "bad")
 
 
 def test_stats_agree_with_networkx() -> None:

@@ -37,6 +37,15 @@ def _graphs_table(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _node2vec_table(summaries: dict[str, Any]) -> str:
+    lines = ["| graph | nodes embedded | of nodes | epochs | first → last loss | walks/s (last run) |",
+             "|---|---:|---:|---:|---|---:|"]
+    for name, run in summaries.items():
+        lines.append(f"| {name} | {run['nodes_with_edges']} | {run['nodes']} | {run['epochs']} | "
+                     f"{run['losses'][0]:.3f} → {run['losses'][-1]:.3f} | {run['walks_per_second']:.0f} |")
+    return "\n".join(lines)
+
+
 def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, float]) -> Path:
     """Write ``<work_dir>/report.md`` from what the stages produced; returns its path."""
     sections = [f"# newsrec-dist report: {cfg.experiment_name}", ""]
@@ -50,6 +59,8 @@ def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, fl
                      f"{summary['rows_rejected']} rejected.", "", _accounting_table(summary), ""]
     if "graphs" in outputs:
         sections += ["## Co-occurrence graphs", "", _graphs_table(outputs["graphs"]), ""]
+    if "node2vec" in outputs:
+        sections += ["## Node2Vec embeddings", "", _node2vec_table(outputs["node2vec"]), ""]
     if "eval" in outputs:
         sections += ["## Metrics (per impression, then averaged; MIND definitions)", "",
                      metrics_markdown(outputs["eval"], cfg.eval.diversity_k), "",

@@ -15,7 +15,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -23,10 +22,11 @@ from pyspark.sql import functions as F
 from newsrec_dist.config import GraphsConfig
 from newsrec_dist.data.prepare import BEHAVIORS_DIR, NEWS_FILE, read_news_table
 from newsrec_dist.graphs import spark_job
+from newsrec_dist.graphs.artifact import read_keys
 from newsrec_dist.graphs.keywords import tfidf_keywords
 from newsrec_dist.graphs.spark_session import spark_session
 from newsrec_dist.graphs.stats import graph_stats
-from newsrec_dist.io import Manifest, atomic_dir, atomic_write_text, is_up_to_date, read_manifest, sha256_file
+from newsrec_dist.io import Manifest, artifact_fingerprint, atomic_dir, atomic_write_text, is_up_to_date, sha256_file
 
 KEYWORDS_FILE = "keywords.parquet"
 MAX_WINDOW = 5
@@ -44,13 +44,6 @@ def build_keywords(prepared_dir: Path, out_dir: Path, top_k: int) -> Path:
     return Path(out_dir) / KEYWORDS_FILE
 
 
-def _fingerprint(directory: Path) -> str:
-    manifest = read_manifest(directory)
-    if manifest is None:
-        raise FileNotFoundError(f"{directory}: no manifest.json; run the stage that makes it first")
-    return str(manifest["fingerprint"])
-
-
 def _output_config(cfg: GraphsConfig) -> dict[str, Any]:
     """What changes the graphs (Spark settings do not)."""
     return {key: value for key, value in asdict(cfg).items() if key not in ("spark", "output_dir", "keywords_path")}
@@ -61,7 +54,7 @@ def build_graphs(cfg: GraphsConfig, prepared_dir: Path, keywords_path: Path, out
     bad = [w for w in cfg.windows if not 1 <= w <= MAX_WINDOW]
     if bad:
         raise ValueError(f"graphs.windows must lie in 1..{MAX_WINDOW}, got {bad}")
-    inputs = {"prepared": _fingerprint(prepared_dir), "keywords": _fingerprint(keywords_path.parent)}
+    inputs = {"prepared": artifact_fingerprint(prepared_dir), "keywords": artifact_fingerprint(keywords_path.parent)}
     config = _output_config(cfg)
     if is_up_to_date(out_dir, "graphs", inputs, config):
         return json.loads((Path(out_dir) / "stats.json").read_text())
@@ -104,8 +97,8 @@ def _write_edges(edges: DataFrame, nodes: DataFrame, cfg: GraphsConfig, path: Pa
 
 
 def _all_stats(work: Path, cfg: GraphsConfig) -> dict[str, Any]:
-    news_keys = _keys(work / "nodes" / "news")
-    keyword_keys = _keys(work / "nodes" / "keyword")
+    news_keys = read_keys(work / "nodes" / "news")
+    keyword_keys = read_keys(work / "nodes" / "keyword")
     stats = {"intra_keyword": graph_stats(pq.read_table(work / "intra_keyword"), keyword_keys,
                                           cfg.pagerank_iterations)}
     for window in cfg.windows:
@@ -115,7 +108,3 @@ def _all_stats(work: Path, cfg: GraphsConfig) -> dict[str, Any]:
                                                         keyword_keys, cfg.pagerank_iterations)
     return stats
 
-
-def _keys(path: Path) -> np.ndarray:
-    nodes = pq.read_table(path).sort_by("node_id")
-    return np.asarray(nodes["key"].to_pylist(), dtype=object)

@@ -23,7 +23,14 @@ def _builder(cfg: SparkConfig) -> SparkSession.Builder:
 
 @contextmanager
 def spark_session(cfg: SparkConfig) -> Iterator[SparkSession]:
-    """Start (or join) a session; a local master binds to loopback unless configured otherwise."""
+    """Start a session, or join the active one (which is then left running for its owner).
+
+    A local master binds to loopback unless configured otherwise.
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        yield active
+        return
     if cfg.master and cfg.master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     session = _builder(cfg).getOrCreate()

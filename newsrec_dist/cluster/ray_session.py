@@ -1,0 +1,42 @@
+"""A Ray runtime from config: a private local Ray here, the running cluster by address elsewhere."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+
+from newsrec_dist.config import RayConfig
+
+
+def _init_kwargs(cfg: RayConfig) -> dict:
+    kwargs: dict = {"include_dashboard": cfg.include_dashboard, "dashboard_host": cfg.dashboard_host,
+                    "log_to_driver": True, "configure_logging": False}
+    if cfg.address == "local":
+        kwargs.update(address="local", num_cpus=cfg.num_cpus)
+        if cfg.temp_dir:
+            kwargs["_temp_dir"] = str(cfg.temp_dir)
+    else:
+        kwargs["address"] = cfg.address
+    return kwargs
+
+
+@contextmanager
+def ray_session(cfg: RayConfig) -> Iterator[None]:
+    """Join Ray for the duration of the block; starts (and stops) a local one unless it is already up.
+
+    A local Ray is started without token auth (``RAY_AUTH_MODE=disabled`` unless the environment says
+    otherwise): Ray 2.60 otherwise demands a token written by an earlier ``ray status``.
+    """
+    if ray.is_initialized():
+        yield
+        return
+    if cfg.address == "local":
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(**_init_kwargs(cfg))
+    try:
+        yield
+    finally:
+        ray.shutdown()

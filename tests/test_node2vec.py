@@ -1,0 +1,170 @@
+"""Node2Vec on the co-occurrence graphs: weighted walks, link AUC on planted data, keyed outputs,
+resume after kill -9, and every graph as a Ray task on a real local Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from newsrec_dist.config import Node2VecConfig, RayConfig
+from newsrec_dist.embed.link_eval import link_auc, split_edges
+from newsrec_dist.embed.node2vec import (EMBEDDINGS_SAFETENSORS, build_model, edge_copies, read_embeddings,
+                                         train_graph, walk_edge_index)
+from newsrec_dist.embed.node2vec_stage import embed_graphs
+from newsrec_dist.graphs.artifact import edge_table, node_keys
+
+SMALL = Node2VecConfig(embedding_dim=32, walk_length=10, context_size=5, walks_per_node=4, epochs=3, batch_size=128,
+                       lr=0.02)
+
+
+def test_edge_copies_and_walk_edge_index() -> None:
+    weight = np.array([1, 3, 20])
+    assert edge_copies(weight, "none", 8).tolist() == [1, 1, 1]
+    assert edge_copies(weight, "multiplicity", 8).tolist() == [1, 3, 8]
+    assert edge_copies(weight, "log1p", 8).tolist() == [1, 2, 5]
+    with pytest.raises(ValueError, match="edge_weights"):
+        edge_copies(weight, "sqrt", 8)
+    edges = pa.table({"src": [0, 1], "dst": [1, 2], "weight": [2, 1]})
+    index = walk_edge_index(edges, replace(SMALL, edge_weights="multiplicity", min_weight=1))
+    assert sorted(map(tuple, index.T.tolist())) == [(0, 1), (0, 1), (1, 0), (1, 0), (1, 2), (2, 1)]
+    assert walk_edge_index(edges, replace(SMALL, min_weight=2, edge_weights="none")).T.tolist() == [[0, 1], [1, 0]]
+
+
+@pytest.mark.parametrize(("p", "q"), [(1.0, 1.0), (0.5, 2.0)])
+def test_walks_follow_edge_weights(p: float, q: float) -> None:
+    """Star 0-1 (weight 7), 0-2 (weight 1): the first step from 0 picks 1 about 7 times in 8."""
+    edges = pa.table({"src": [0, 0], "dst": [1, 2], "weight": [7, 1]})
+    model = build_model(walk_edge_index(edges, SMALL), 3, replace(SMALL, walk_length=2, context_size=2, p=p, q=q))
+    torch.manual_seed(0)
+    walks = model.random_walk_fn(model.rowptr, model.col, torch.zeros(20_000, dtype=torch.long), 1, p, q)
+    walks = walks[0] if isinstance(walks, tuple) else walks
+    share_heavy = (walks[:, 1] == 1).float().mean().item()
+    assert abs(share_heavy - 7 / 8) < 0.02
+    unweighted = build_model(walk_edge_index(edges, replace(SMALL, edge_weights="none")), 3, SMALL)
+    walks = unweighted.random_walk_fn(unweighted.rowptr, unweighted.col, torch.zeros(20_000, dtype=torch.long), 1,
+                                      1.0, 1.0)
+    walks = walks[0] if isinstance(walks, tuple) else walks
+    assert abs((walks[:, 1] == 1).float().mean().item() - 0.5) < 0.02
+
+
+def holdout_graphs(graphs: Path, tmp_path: Path, graph: str) -> tuple[Path, pa.Table, pa.Table]:
+    """A copy of the graphs artifact whose ``graph`` lacks 10% of its edges (returned as held-out)."""
+    copy = tmp_path / "graphs-holdout"
+    shutil.copytree(graphs, copy)
+    full = pq.read_table(graphs / graph)
+    train, held_out = split_edges(full, held_out=0.1, seed=3)
+    shutil.rmtree(copy / graph)
+    (copy / graph).mkdir(parents=True)
+    pq.write_table(train, copy / graph / "part-0.parquet")
+    return copy, held_out, full
+
+
+def test_link_auc_on_planted_news_graph(tiny_graphs: Path, tmp_path: Path) -> None:
+    """Held-out co-click edges outscore random pairs; PyG's own N(0, 1) start does worse on the same budget."""
+    graphs, held_out, full = holdout_graphs(tiny_graphs, tmp_path, "news/w=2")
+    assert held_out.num_rows > 200
+    auc = {}
+    for init_std in (0.1, None):
+        out = tmp_path / f"n2v-{init_std}"
+        summary = train_graph(graphs, "news/w=2", out, replace(SMALL, epochs=5, init_std=init_std))
+        keys, vectors = read_embeddings(out / "news" / "w=2")
+        assert keys.tolist() == node_keys(graphs, "news/w=2").tolist()
+        assert summary["losses"][-1] < summary["losses"][0]
+        auc[init_std] = link_auc(vectors, held_out, full, seed=0)
+    assert auc[0.1] >= 0.8, auc
+    assert auc[0.1] > auc[None] + 0.05, auc
+
+
+def test_outputs_keyed_zero_for_isolated_and_safetensors_equal(tiny_graphs: Path, tmp_path: Path) -> None:
+    summary = train_graph(tiny_graphs, "intra_keyword", tmp_path, replace(SMALL, epochs=1))
+    out = tmp_path / "intra_keyword"
+    table = pq.read_table(out / "embeddings.parquet")
+    keys, vectors = read_embeddings(out)
+    assert keys.tolist() == node_keys(tiny_graphs, "intra_keyword").tolist()
+    has_edges = np.asarray(table["has_edges"].to_pylist())
+    edges = edge_table(tiny_graphs, "intra_keyword")
+    touched = np.zeros(len(keys), dtype=bool)
+    touched[edges["src"].to_numpy()] = touched[edges["dst"].to_numpy()] = True
+    assert has_edges.tolist() == touched.tolist() and summary["nodes_with_edges"] == touched.sum()
+    assert not vectors[~has_edges].any() and np.linalg.norm(vectors[has_edges], axis=1).min() > 0
+    assert np.array_equal(load_file(str(out / EMBEDDINGS_SAFETENSORS))["embeddings"].numpy(), vectors)
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    assert train_graph(tiny_graphs, "intra_keyword", tmp_path, replace(SMALL, epochs=1)) == summary
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_bad_settings_give_clear_errors(tiny_graphs: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no graph 'news/w=9'.*news/w=2"):
+        train_graph(tiny_graphs, "news/w=9", tmp_path, SMALL)
+    with pytest.raises(ValueError, match="edge_weights"):
+        train_graph(tiny_graphs, "news/w=2", tmp_path, replace(SMALL, edge_weights="sqrt"))
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            train_graph(tiny_graphs, "news/w=2", tmp_path, replace(SMALL, device="cuda"))
+
+
+RESUME_SETTINGS = {"embedding_dim": 32, "walk_length": 10, "context_size": 5, "walks_per_node": 4,
+                   "batch_size": 256, "lr": 0.02, "epochs": 6}
+TRAIN_IN_CHILD = ("import json, sys; from pathlib import Path; from newsrec_dist.config import Node2VecConfig; "
+                  "from newsrec_dist.embed.node2vec import train_graph; "
+                  "train_graph(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), Node2VecConfig(**json.loads(sys.argv[4])))")
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tiny_graphs: Path, tmp_path: Path) -> None:
+    killed_out = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-c", TRAIN_IN_CHILD, str(tiny_graphs), "news/w=3", str(killed_out),
+                              json.dumps(RESUME_SETTINGS)])
+    progress = killed_out / "news" / ".partial-w=3" / ".progress.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and child.poll() is None:
+        if progress.is_file() and json.loads(progress.read_text())["state"]["epochs_done"] >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    done_before_kill = json.loads(progress.read_text())["state"]["epochs_done"]
+    cfg = Node2VecConfig(**RESUME_SETTINGS)
+    assert 2 <= done_before_kill < cfg.epochs
+    resumed = train_graph(tiny_graphs, "news/w=3", killed_out, cfg)
+    assert resumed["resumed_at_epoch"] == done_before_kill
+    straight = train_graph(tiny_graphs, "news/w=3", tmp_path / "straight", cfg)
+    assert resumed["losses"] == pytest.approx(straight["losses"], rel=1e-6)
+    _, resumed_vectors = read_embeddings(killed_out / "news" / "w=3")
+    _, straight_vectors = read_embeddings(tmp_path / "straight" / "news" / "w=3")
+    np.testing.assert_allclose(resumed_vectors, straight_vectors, rtol=1e-5, atol=1e-6)
+
+
+def test_stage_trains_graphs_as_ray_tasks_then_skips_ray(tiny_graphs: Path, tmp_path: Path) -> None:
+    import ray
+
+    ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
+    cfg = replace(SMALL, epochs=1, graphs=["news/w=2", "item_keyword/w=2"], graphs_dir=str(tiny_graphs),
+                  output_dir=str(tmp_path / "n2v"), task_cpus=0.5,
+                  ray=RayConfig(address="local", num_cpus=2, temp_dir=str(ray_dir)))
+    summaries = embed_graphs(cfg, show_progress=False)
+    assert set(summaries) == {"news/w=2", "item_keyword/w=2"}
+    assert not ray.is_initialized()
+    for graph in summaries:
+        keys, vectors = read_embeddings(tmp_path / "n2v" / graph)
+        assert len(keys) == len(node_keys(tiny_graphs, graph)) and vectors.shape[1] == 32
+    assert json.loads((tmp_path / "n2v" / "summary.json").read_text()) == summaries
+    shutil.rmtree(ray_dir)
+    assert embed_graphs(cfg, show_progress=False) == summaries
+    assert not ray_dir.exists()  # everything current: Ray was not started
+    with pytest.raises(ValueError, match="news/w=7"):
+        embed_graphs(replace(cfg, graphs=["news/w=7"]))
