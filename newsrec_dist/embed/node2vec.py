@@ -4,11 +4,12 @@ PyG's walker (torch-cluster's ``random_walk``, or pyg-lib's where a cluster has 
 samples a neighbour uniformly from the CSR row and ignores edge weights. Weights still shape the
 walks here: with ``edge_weights: multiplicity`` an edge of weight w appears min(w, max_multiplicity)
 times in the CSR, so uniform sampling over the row picks it in proportion to its (capped) weight;
-``log1p`` uses 1 + floor(log2 w) copies, ``none`` one. The p/q rejection test of torch-cluster looks
-neighbours up by binary search, which duplicates do not disturb.
+``log1p`` uses 1 + floor(log2 w) copies, ``none`` one. torch-cluster's p/q rejection sampler draws
+candidates the same way and tests neighbours by a linear scan, which duplicates do not disturb.
 
-Each epoch draws its walks and batch order from ``seed + epoch``, so a run resumed after a kill
-finishes with the same embeddings as one that was never interrupted.
+Each epoch draws its walks and batch order from ``seed + epoch``, so with p = q = 1 a run resumed
+after a kill finishes with the same embeddings as one never interrupted (torch-cluster's p/q sampler
+uses C ``rand()``, which no seed controls).
 """
 
 from __future__ import annotations
