@@ -20,38 +20,13 @@ import csv
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
+from measure import measured  # benchmarks/measure.py
 
 NEWSREC = [sys.executable, "-m", "newsrec_dist.cli"]
-
-
-def tree_rss(process: psutil.Process) -> int:
-    total = 0
-    for member in [process, *process.children(recursive=True)]:
-        try:
-            total += member.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def measured(command: list[str]) -> tuple[float, float, str]:
-    """Run a command; returns (wall seconds, peak RSS of its process tree in MiB, stdout)."""
-    start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    watched, peak = psutil.Process(child.pid), 0
-    while child.poll() is None:
-        peak = max(peak, tree_rss(watched))
-        time.sleep(0.2)
-    stdout, stderr = child.communicate()
-    if child.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{stdout}\n{stderr[-4000:]}")
-    return time.perf_counter() - start, peak / 2**20, stdout
 
 
 def compute_numpy(prepared: Path, keywords: Path, windows: list[int]) -> dict:

@@ -64,7 +64,8 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
     import torch
 
     from newsrec_dist.embed.link_eval import link_auc
-    from newsrec_dist.embed.node2vec import build_model, read_embeddings, train_graph, walk_edge_index
+    from newsrec_dist.embed.node2vec import build_model, train_graph, walk_edge_index
+    from newsrec_dist.embed.vectors import read_vectors
     from newsrec_dist.graphs.artifact import edge_table, node_keys
 
     torch.set_num_threads(args.threads)
@@ -104,7 +105,7 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict:
         start = time.perf_counter()
         summary = train_graph(graphs, args.graph, out, ours)
         seconds = (time.perf_counter() - start) / cfg.epochs
-        vectors = read_embeddings(out / args.graph)[1]
+        vectors = read_vectors(out / args.graph)[1]
         starts = summary["nodes_with_edges"]
     return {"epoch_s": seconds, "walks_per_s": starts * cfg.walks_per_node / seconds, "start_nodes": starts,
             "link_auc": link_auc(np.asarray(vectors), held_out, full, seed=0)}

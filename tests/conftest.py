@@ -15,8 +15,8 @@ from newsrec_dist.graphs.build import build_graphs, build_keywords
 
 @pytest.fixture(scope="session")
 def local_spark() -> SparkConfig:
-    """Spark settings sized for tests: two local cores, few shuffle partitions, 1 GiB driver."""
-    return SparkConfig(master="local[2]", conf={**SparkConfig().conf, "spark.sql.shuffle.partitions": "4",
+    """Spark settings sized for tests: two local cores, few shuffle partitions, 1 GiB driver, JVM kept between tests."""
+    return SparkConfig(master="local[2]", release_jvm=False, conf={**SparkConfig().conf, "spark.sql.shuffle.partitions": "4",
                                                 "spark.driver.memory": "1g"})
 
 

@@ -23,9 +23,9 @@ from safetensors.torch import load_file
 
 from newsrec_dist.config import Node2VecConfig, RayConfig
 from newsrec_dist.embed.link_eval import link_auc, split_edges
-from newsrec_dist.embed.node2vec import (EMBEDDINGS_SAFETENSORS, build_model, edge_copies, read_embeddings,
-                                         train_graph, walk_edge_index)
+from newsrec_dist.embed.node2vec import build_model, edge_copies, train_graph, walk_edge_index
 from newsrec_dist.embed.node2vec_stage import embed_graphs
+from newsrec_dist.embed.vectors import EMBEDDINGS_SAFETENSORS, read_vectors
 from newsrec_dist.graphs.artifact import edge_table, node_keys
 
 SMALL = Node2VecConfig(embedding_dim=32, walk_length=10, context_size=5, walks_per_node=4, epochs=3, batch_size=128,
@@ -82,7 +82,7 @@ def test_link_auc_on_planted_news_graph(tiny_graphs: Path, tmp_path: Path) -> No
     for init_std in (0.1, None):
         out = tmp_path / f"n2v-{init_std}"
         summary = train_graph(graphs, "news/w=2", out, replace(SMALL, epochs=5, init_std=init_std))
-        keys, vectors = read_embeddings(out / "news" / "w=2")
+        keys, vectors = read_vectors(out / "news" / "w=2")
         assert keys.tolist() == node_keys(graphs, "news/w=2").tolist()
         assert summary["losses"][-1] < summary["losses"][0]
         auc[init_std] = link_auc(vectors, held_out, full, seed=0)
@@ -94,7 +94,7 @@ def test_outputs_keyed_zero_for_isolated_and_safetensors_equal(tiny_graphs: Path
     summary = train_graph(tiny_graphs, "intra_keyword", tmp_path, replace(SMALL, epochs=1))
     out = tmp_path / "intra_keyword"
     table = pq.read_table(out / "embeddings.parquet")
-    keys, vectors = read_embeddings(out)
+    keys, vectors = read_vectors(out)
     assert keys.tolist() == node_keys(tiny_graphs, "intra_keyword").tolist()
     has_edges = np.asarray(table["has_edges"].to_pylist())
     edges = edge_table(tiny_graphs, "intra_keyword")
@@ -144,8 +144,8 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_graphs: Path, tmp_path:
     assert resumed["resumed_at_epoch"] == done_before_kill
     straight = train_graph(tiny_graphs, "news/w=3", tmp_path / "straight", cfg)
     assert resumed["losses"] == pytest.approx(straight["losses"], rel=1e-6)
-    _, resumed_vectors = read_embeddings(killed_out / "news" / "w=3")
-    _, straight_vectors = read_embeddings(tmp_path / "straight" / "news" / "w=3")
+    _, resumed_vectors = read_vectors(killed_out / "news" / "w=3")
+    _, straight_vectors = read_vectors(tmp_path / "straight" / "news" / "w=3")
     np.testing.assert_allclose(resumed_vectors, straight_vectors, rtol=1e-5, atol=1e-6)
 
 
@@ -160,7 +160,7 @@ def test_stage_trains_graphs_as_ray_tasks_then_skips_ray(tiny_graphs: Path, tmp_
     assert set(summaries) == {"news/w=2", "item_keyword/w=2"}
     assert not ray.is_initialized()
     for graph in summaries:
-        keys, vectors = read_embeddings(tmp_path / "n2v" / graph)
+        keys, vectors = read_vectors(tmp_path / "n2v" / graph)
         assert len(keys) == len(node_keys(tiny_graphs, graph)) and vectors.shape[1] == 32
     assert json.loads((tmp_path / "n2v" / "summary.json").read_text()) == summaries
     shutil.rmtree(ray_dir)

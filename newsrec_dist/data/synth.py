@@ -4,7 +4,8 @@ What is planted, and the knobs that set it (all in :class:`~newsrec_dist.config.
 
 * **Topics in text.** Every news item has a category and subcategory; its title and abstract are
   drawn from that subcategory's and category's words mixed with topic-free words, so a text
-  encoder can recover the topic (``vocabulary.TOPICS``).
+  encoder can recover the topic (``vocabulary.TOPICS``). Each abstract also restates three words of
+  its own title, the per-item link title → abstract retrieval relies on.
 * **Users.** Each user has a sparse latent mixture over subcategories (Dirichlet over categories,
   then within the category). A ``cold_user_share`` of users has at most ``cold_history_max``
   history clicks.
@@ -236,6 +237,24 @@ def random_texts(
     return [" ".join(words[start:stop]).capitalize() for start, stop in zip(offsets[:-1], offsets[1:])]
 
 
+STORY_WORDS = 3  # title words each abstract restates
+
+
+def echo_title_words(titles: list[str], abstracts: list[str], rng: np.random.Generator) -> list[str]:
+    """Each abstract restates ``STORY_WORDS`` of its own title's words at random places.
+
+    Real abstracts restate their headline; this is the per-item title ↔ abstract link that the
+    encoder's contrastive fine-tuning learns (topic words alone only identify the subcategory).
+    """
+    echoed = []
+    for title, abstract in zip(titles, abstracts):
+        title_words, words = title.lower().split(), abstract.lower().split()
+        for pick in rng.choice(len(title_words), size=min(STORY_WORDS, len(title_words)), replace=False):
+            words.insert(int(rng.integers(0, len(words) + 1)), title_words[pick])
+        echoed.append(" ".join(words).capitalize())
+    return echoed
+
+
 def entity_json(title: str, word: str, wikidata_number: int) -> str:
     """MIND's entity list: the subcategory's head word as an entity where the title mentions it."""
     offset = title.lower().find(word)
@@ -252,7 +271,7 @@ def news_rows(catalogue: Catalogue, rng: np.random.Generator) -> list[str]:
     """news.tsv lines: text from topic vocabularies, a title entity for some items."""
     pools = word_pools()
     titles = random_texts(pools, catalogue.subcategory, 7, 14, rng)
-    abstracts = random_texts(pools, catalogue.subcategory, 18, 39, rng)
+    abstracts = echo_title_words(titles, random_texts(pools, catalogue.subcategory, 18, 39, rng), rng)
     head_words = [str(pools.words[start]) for start in pools.starts[:, 0]]
     rows = []
     for item, sub in enumerate(catalogue.subcategory.tolist()):

@@ -23,22 +23,19 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-from safetensors.torch import save_file
 
 # PyG 2.7 scripts a helper with torch.jit at import, which torch 2.15 flags as deprecated on every import.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 from torch_geometric.nn import Node2Vec  # noqa: E402
 
 from newsrec_dist.config import Node2VecConfig
+from newsrec_dist.embed.vectors import write_vectors
 from newsrec_dist.graphs.artifact import edge_table, node_keys
 from newsrec_dist.io import Manifest, ResumableDir, artifact_fingerprint, is_up_to_date, read_manifest
 from newsrec_dist.progress import Advance, ProgressFactory, no_progress
 
 CHECKPOINT = "checkpoint.pt"
-EMBEDDINGS_PARQUET = "embeddings.parquet"
-EMBEDDINGS_SAFETENSORS = "embeddings.safetensors"
 WEIGHT_MODES = ("none", "multiplicity", "log1p")
 # Settings that change the embeddings; device, loader workers and Ray resources do not.
 TRAINING_KEYS = ("init_std", "embedding_dim", "walk_length", "context_size", "walks_per_node", "p", "q",
@@ -193,21 +190,9 @@ def train_graph(graphs_dir: Path, graph: str, out_dir: Path, cfg: Node2VecConfig
 
 
 def _write_embeddings(model: Node2Vec, keys: np.ndarray, trained: torch.Tensor, directory: Path) -> None:
-    """Parquet (key, has_edges, vector) and safetensors (same row order); nodes without edges are zeros."""
-    vectors = model.embedding.weight.detach().cpu().float()
-    has_edges = torch.zeros(len(keys), dtype=torch.bool)
-    has_edges[trained] = True
+    """Keyed vectors with a ``has_edges`` column; nodes without edges (never trained) are zeros."""
+    vectors = model.embedding.weight.detach().cpu().float().numpy()
+    has_edges = np.zeros(len(keys), dtype=bool)
+    has_edges[trained.numpy()] = True
     vectors[~has_edges] = 0.0
-    save_file({"embeddings": vectors.contiguous()}, str(directory / EMBEDDINGS_SAFETENSORS))
-    flat = pa.array(vectors.numpy().reshape(-1))
-    table = pa.table({"key": pa.array(keys.tolist(), pa.string()), "has_edges": pa.array(has_edges.numpy()),
-                      "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
-    pq.write_table(table, directory / EMBEDDINGS_PARQUET)
-
-
-def read_embeddings(directory: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, float32 matrix) of a node2vec output directory."""
-    table = pq.read_table(Path(directory) / EMBEDDINGS_PARQUET)
-    width = table.schema.field("vector").type.list_size
-    matrix = table["vector"].combine_chunks().flatten().to_numpy().reshape(-1, width)
-    return np.asarray(table["key"].to_pylist(), dtype=object), matrix
+    write_vectors(directory, keys.tolist(), vectors, {"has_edges": has_edges})

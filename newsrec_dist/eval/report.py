@@ -46,6 +46,23 @@ def _node2vec_table(summaries: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _encoder_section(outputs: dict[str, Any]) -> str:
+    lines = []
+    if "finetune" in outputs:
+        run, retrieval = outputs["finetune"], outputs["finetune"]["retrieval"]
+        lines += [f"LoRA contrastive fine-tuning: {run['steps']} steps (ZeRO stage {run['zero_stage']}, "
+                  f"{run['world_size']} process(es)), loss {run['losses'][0]:.3f} → {run['losses'][-1]:.3f}, "
+                  f"{run['pairs_per_second']:.1f} pairs/s.", "",
+                  f"| held-out title → abstract ({retrieval['items']} news) | recall@1 | recall@10 |", "|---|---:|---:|",
+                  *[f"| {name} model | {retrieval[name]['recall@1']:.3f} | {retrieval[name]['recall@10']:.3f} |"
+                    for name in ("base", "adapted")], ""]
+    for stage in ("embed", "glove"):
+        if stage in outputs:
+            lines.append(f"- `embeddings/{outputs[stage]['name']}`: {outputs[stage]['news']} news, "
+                         f"{outputs[stage]['dim']}-d")
+    return "\n".join(lines)
+
+
 def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, float]) -> Path:
     """Write ``<work_dir>/report.md`` from what the stages produced; returns its path."""
     sections = [f"# newsrec-dist report: {cfg.experiment_name}", ""]
@@ -61,6 +78,8 @@ def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, fl
         sections += ["## Co-occurrence graphs", "", _graphs_table(outputs["graphs"]), ""]
     if "node2vec" in outputs:
         sections += ["## Node2Vec embeddings", "", _node2vec_table(outputs["node2vec"]), ""]
+    if {"finetune", "embed", "glove"} & set(outputs):
+        sections += ["## News encoder", "", _encoder_section(outputs), ""]
     if "eval" in outputs:
         sections += ["## Metrics (per impression, then averaged; MIND definitions)", "",
                      metrics_markdown(outputs["eval"], cfg.eval.diversity_k), "",

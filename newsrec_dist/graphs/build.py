@@ -58,9 +58,10 @@ def build_graphs(cfg: GraphsConfig, prepared_dir: Path, keywords_path: Path, out
     config = _output_config(cfg)
     if is_up_to_date(out_dir, "graphs", inputs, config):
         return json.loads((Path(out_dir) / "stats.json").read_text())
-    with atomic_dir(Path(out_dir)) as work, spark_session(cfg.spark) as spark:
-        rows = _write_graphs(spark, cfg, prepared_dir, keywords_path, work)
-        stats = _all_stats(work, cfg)
+    with atomic_dir(Path(out_dir)) as work:
+        with spark_session(cfg.spark) as spark:
+            rows = _write_graphs(spark, cfg, prepared_dir, keywords_path, work)
+        stats = _all_stats(work, cfg)  # after Spark stops: the JVM heap and these arrays never coexist
         atomic_write_text(work / "stats.json", json.dumps(stats, indent=2))
         Manifest(stage="graphs", inputs=inputs, config=config, rows=rows).write(work)
     return stats

@@ -39,3 +39,24 @@ def spark_session(cfg: SparkConfig) -> Iterator[SparkSession]:
         yield session
     finally:
         session.stop()
+        if cfg.release_jvm and cfg.master and cfg.master.startswith("local"):
+            _shutdown_gateway()
+
+
+def _shutdown_gateway() -> None:
+    """Stop the py4j gateway and its JVM: ``SparkSession.stop`` leaves the JVM (and its heap) alive.
+
+    PySpark's gateway JVM exits when its stdin closes; the next session launches a fresh one.
+    """
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return
+    gateway.shutdown()
+    process = getattr(gateway, "proc", None)
+    if process is not None:
+        process.stdin.close()
+        process.wait(timeout=60)
+    SparkContext._gateway = None
+    SparkContext._jvm = None

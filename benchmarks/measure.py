@@ -1,0 +1,32 @@
+"""Shared by the benchmark scripts: run a command, report wall time and peak RSS of its process tree."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import psutil
+
+
+def tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """Run a command; returns (wall seconds, peak RSS of its process tree in MiB sampled every 0.2 s, stdout)."""
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    watched, peak = psutil.Process(child.pid), 0
+    while child.poll() is None:
+        peak = max(peak, tree_rss(watched))
+        time.sleep(0.2)
+    stdout, stderr = child.communicate()
+    if child.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{stdout}\n{stderr[-4000:]}")
+    return time.perf_counter() - start, peak / 2**20, stdout

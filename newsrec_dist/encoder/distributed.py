@@ -1,0 +1,51 @@
+"""Process-group setup for DeepSpeed: launcher env (deepspeed/torchrun), Slurm (srun), or a single process.
+
+The ``deepspeed`` launcher and ``torchrun`` export RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*; ``srun`` exports
+SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID and the batch script sets MASTER_ADDR/MASTER_PORT
+(``clusters/slurm/finetune_encoder.sbatch``). A plain ``newsrec encoder finetune`` is a world of one.
+The accelerator is chosen before DeepSpeed is imported: CUDA when visible, else CPU with gloo.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+
+SLURM_TO_TORCH = {"SLURM_PROCID": "RANK", "SLURM_NTASKS": "WORLD_SIZE", "SLURM_LOCALID": "LOCAL_RANK"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def distributed_env(device: torch.device) -> dict[str, str]:
+    """Environment for ``torch.distributed``/DeepSpeed, filled in where no launcher set it."""
+    env: dict[str, str] = {}
+    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ:
+        env.update({torch_key: os.environ[slurm_key] for slurm_key, torch_key in SLURM_TO_TORCH.items()})
+    if "RANK" not in os.environ and not env:
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    if device.type == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"
+    # DeepSpeed JIT-compiles its CPU comm op on first use (~1 min): build it once per machine.
+    cache = os.environ.get("NEWSREC_CACHE", str(Path.home() / ".cache" / "newsrec"))
+    env["TORCH_EXTENSIONS_DIR"] = str(Path(cache) / "torch_extensions")
+    return env
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size) after the process group is up (gloo on CPU, NCCL on GPUs)."""
+    for key, value in distributed_env(device).items():
+        os.environ.setdefault(key, value)
+    import deepspeed
+
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo" if device.type == "cpu" else "nccl", auto_mpi_discovery=False)
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()

@@ -1,0 +1,186 @@
+"""Encoder building blocks: InfoNCE, gradient caching (one process and two gloo ranks), pooling, tokenising, pairs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from newsrec_dist.config import EncoderModelConfig, LoraConfig
+from newsrec_dist.encoder.contrastive import cached_gradient_step, info_nce, replayed_rng
+from newsrec_dist.encoder.models import TextEncoder, load_backbone, model_dir, tokenize, with_lora
+from newsrec_dist.encoder.pairs import PairFileError, load_pairs, read_pair_file, subcategory_negatives
+from newsrec_dist.encoder.pooling import pool
+from newsrec_dist.encoder.retrieval import recall_at
+
+TINY_GLM4 = EncoderModelConfig(source="tiny-glm4", pooling="last", append_eos=True, max_length=32)
+GLM_LORA = LoraConfig(r=4, alpha=8, dropout=0.0,
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"])
+TEXTS = [f"story {i} about {'rain storm' if i % 2 else 'market shares'} number {i * 7}" for i in range(12)]
+
+
+def test_info_nce_equals_row_wise_cross_entropy() -> None:
+    torch.manual_seed(0)
+    q, p, n = torch.randn(6, 8), torch.randn(6, 8), torch.randn(6, 8)
+    loss = info_nce(q, p, 0.1, n)
+    qn, cn = F.normalize(q, dim=-1), F.normalize(torch.cat([p, n]), dim=-1)
+    expected = np.mean([-(torch.log_softmax(qn[i] @ cn.T / 0.1, dim=0)[i]).item() for i in range(6)])
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    aligned = info_nce(p, p, 0.01)  # every query is its own positive, far from the others
+    assert aligned.item() < loss.item()
+
+
+@pytest.fixture(scope="module")
+def tiny_glm4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return model_dir(TINY_GLM4, tmp_path_factory.mktemp("models"))
+
+
+def _encoder(directory: Path, seed: int = 0) -> tuple[object, TextEncoder]:
+    tokenizer, backbone = load_backbone(directory, TINY_GLM4)
+    torch.manual_seed(seed)
+    model = with_lora(backbone, GLM_LORA)
+    with torch.no_grad():  # LoRA B starts at zero; perturb it so every adapter weight gets a gradient
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    return tokenizer, TextEncoder(model, "last")
+
+
+def _grads(encoder: TextEncoder) -> dict[str, torch.Tensor]:
+    return {name: param.grad.clone() for name, param in encoder.named_parameters() if param.requires_grad}
+
+
+def test_gradient_cache_equals_full_batch_gradient(tiny_glm4: Path) -> None:
+    tokenizer, encoder = _encoder(tiny_glm4)
+    queries, positives = tokenize(tokenizer, TEXTS, TINY_GLM4), tokenize(tokenizer, TEXTS[::-1], TINY_GLM4)
+    info_nce(encoder(**queries), encoder(**positives), 0.05).backward()
+    full = _grads(encoder)
+    encoder.zero_grad()
+    loss = cached_gradient_step(lambda batch: encoder(**batch), [queries, positives],
+                                lambda q, p: info_nce(q, p, 0.05), chunk_size=5, backward=lambda s: s.backward())
+    cached = _grads(encoder)
+    assert loss == pytest.approx(info_nce(encoder(**queries), encoder(**positives), 0.05).item(), rel=1e-5)
+    assert any("gate_up_proj" in name for name in cached)
+    for name in full:
+        assert torch.allclose(full[name], cached[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_replayed_rng_repeats_dropout_masks() -> None:
+    layer = torch.nn.Dropout(0.5)
+    with replayed_rng(None) as state:
+        first = layer(torch.ones(100))
+    torch.rand(10)  # other RNG use in between
+    with replayed_rng(state):
+        again = layer(torch.ones(100))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, layer(torch.ones(100)))
+
+
+def _rank_gradients(rank: int, world: int, port: int, model_path: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    tokenizer, encoder = _encoder(Path(model_path))
+    share = len(TEXTS) // world
+    mine = slice(rank * share, (rank + 1) * share)
+    towers = [tokenize(tokenizer, TEXTS[mine], TINY_GLM4), tokenize(tokenizer, TEXTS[::-1][mine], TINY_GLM4)]
+    cached_gradient_step(lambda batch: encoder(**batch), towers, lambda q, p: info_nce(q, p, 0.05), chunk_size=4,
+                         backward=lambda s: s.backward())
+    for param in encoder.parameters():  # what DeepSpeed's data parallelism does: average over ranks
+        if param.requires_grad:
+            dist.all_reduce(param.grad)
+            param.grad /= world
+    if rank == 0:
+        torch.save(_grads(encoder), out)
+    dist.destroy_process_group()
+
+
+def test_two_ranks_see_each_others_negatives(tiny_glm4: Path, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "grads.pt"
+    mp.spawn(_rank_gradients, args=(2, port, str(tiny_glm4), str(out)), nprocs=2, join=True)
+    distributed = torch.load(out, weights_only=True)
+    tokenizer, encoder = _encoder(tiny_glm4)
+    queries, positives = tokenize(tokenizer, TEXTS, TINY_GLM4), tokenize(tokenizer, TEXTS[::-1], TINY_GLM4)
+    info_nce(encoder(**queries), encoder(**positives), 0.05).backward()
+    for name, grad in _grads(encoder).items():
+        assert torch.allclose(grad, distributed[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_pooling_reads_the_last_real_token_on_either_padding_side() -> None:
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert torch.equal(pool(hidden, right, "last"), torch.stack([hidden[0, 1], hidden[1, 3]]))
+    assert torch.equal(pool(hidden, left, "last"), torch.stack([hidden[0, 3], hidden[1, 3]]))
+    assert torch.allclose(pool(hidden, right, "mean")[0], hidden[0, :2].mean(0))
+    with pytest.raises(ValueError, match="pooling"):
+        pool(hidden, right, "max")
+
+
+def test_tokenize_appends_eos_after_truncation(tiny_glm4: Path) -> None:
+    tokenizer, _ = load_backbone(tiny_glm4, TINY_GLM4)
+    batch = tokenize(tokenizer, ["short", " ".join(["word"] * 200)], TINY_GLM4)
+    lengths = batch["attention_mask"].sum(1)
+    assert TINY_GLM4.max_length - 1 <= int(lengths[1]) <= TINY_GLM4.max_length  # truncated, EOS kept
+    for row, length in enumerate(lengths):
+        assert int(batch["input_ids"][row, int(length) - 1]) == tokenizer.sep_token_id
+
+
+def test_recall_counts_ties_against_the_query() -> None:
+    docs = np.eye(3, dtype=np.float32)
+    assert recall_at(docs, docs, (1,)) == {"recall@1": 1.0}
+    assert recall_at(docs, np.ones((3, 3), dtype=np.float32), (1, 3)) == {"recall@1": 0.0, "recall@3": 1.0}
+
+
+def test_pair_files_account_for_every_row(tmp_path: Path) -> None:
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text("\n".join([json.dumps({"query": "q1", "positive": "p1"}), "{not json",
+                                json.dumps({"query": "q2", "positive": ""}),
+                                json.dumps({"query": "q3", "positive": "p3", "negative": "n3"})]) + "\n")
+    kept, rejected = read_pair_file(jsonl, strict=False)
+    assert kept["query"].tolist() == ["q1", "q3"] and kept["negative"].tolist()[1] == "n3"
+    assert sum(rejected.values()) == 2 and any("invalid JSON" in reason for reason in rejected)
+    with pytest.raises(PairFileError, match=r"pairs\.jsonl:2: invalid JSON"):
+        read_pair_file(jsonl, strict=True)
+    parquet = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"query": ["a", None], "positive": ["b", "c"]}), parquet)
+    with pytest.raises(PairFileError, match=r"pairs\.parquet: row 1: 'query'"):
+        read_pair_file(parquet, strict=True)
+    with pytest.raises(PairFileError, match="must be .jsonl or .parquet"):
+        read_pair_file(tmp_path / "pairs.csv", strict=False)
+
+
+def test_subcategory_negatives_come_from_another_item_of_the_same_subcategory() -> None:
+    train = pd.DataFrame({"subcategory": ["a"] * 5 + ["b"] * 3 + ["c"],
+                          "positive": [f"abstract {i}" for i in range(9)]})
+    negatives = subcategory_negatives(train, seed=3)
+    for index, negative in negatives.items():
+        assert negative != train.positive[index]
+        source = int(negative.split()[1])
+        if train.subcategory[index] != "c":
+            assert train.subcategory[source] == train.subcategory[index]
+
+
+def test_news_pairs_hold_out_a_stable_share(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    prepared, _ = tiny
+    first = load_pairs(prepared, 0.1, [], "subcategory", False, seed=1)
+    again = load_pairs(prepared, 0.1, [], "none", False, seed=2)
+    assert set(first.heldout.news_id) == set(again.heldout.news_id)
+    assert 0.05 < len(first.heldout) / (len(first.heldout) + len(first.train)) < 0.15
+    assert not set(first.heldout["query"]) & set(first.train["query"])
+    assert (first.train["negative"] != first.train["positive"]).all()
+    assert "negative" not in again.train
