@@ -7,6 +7,7 @@ config holds can be set from the command line.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -183,6 +184,8 @@ def encoder_finetune(
         summary = finetune(as_object(cfg.encoder), Path(cfg.data.prepared_dir), _progress(quiet))
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(error)
+    if os.environ.get("RANK", "0") != "0":  # under a launcher, rank 0 reports
+        return
     retrieval = summary["retrieval"]
     console.print(f"{summary['steps']} steps, final loss {summary['losses'][-1]:.4f}; held-out title→abstract "
                   f"recall@1 {retrieval['base']['recall@1']:.3f} → {retrieval['adapted']['recall@1']:.3f}, "

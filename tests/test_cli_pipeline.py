@@ -23,7 +23,8 @@ def test_config_composes_quickstart_with_typed_overrides() -> None:
     assert cfg.data.name == "synth-tiny"
     assert cfg.data.raw_dir == "runs/quickstart/raw/synth-tiny"
     assert cfg.eval.diversity_k == 5
-    assert list(cfg.stages) == ["synth", "prepare", "keywords", "graphs", "node2vec", "eval", "report"]
+    assert list(cfg.stages) == ["synth", "prepare", "keywords", "graphs", "node2vec", "finetune", "embed", "glove",
+                                "eval", "report"]
     with pytest.raises(ConfigError, match="could not be converted to Float"):
         load_config(["data.synth.affinity_weight=strong"])
     with pytest.raises(ConfigError, match="experiment"):
@@ -33,12 +34,17 @@ def test_config_composes_quickstart_with_typed_overrides() -> None:
 def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
     work = tmp_path / "run"
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # private Ray; socket paths must stay short
-    settings = ["data.synth.scale=tiny", f"paths.work_dir={work}", f"node2vec.ray.temp_dir={ray_dir}"]
+    settings = ["data.synth.scale=tiny", f"paths.work_dir={work}", f"node2vec.ray.temp_dir={ray_dir}",
+                f"encoder.embed.ray.temp_dir={ray_dir}", "encoder.finetune.steps=4", "encoder.finetune.deepspeed=zero0"]
     first = newsrec("run", "experiment=quickstart", *settings, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     report = (work / "report.md").read_text()
     assert "## Co-occurrence graphs" in report and "| news/w=2 |" in report
     assert "## Node2Vec embeddings" in report
+    assert "## News encoder" in report and "| adapted model |" in report
+    for name in ("minilm-finetuned", "glove-6b-50d"):
+        assert (work / "embeddings" / name / "embeddings.parquet").is_file(), name
+    assert (work / "encoder" / "minilm" / "adapter").is_dir()
     for graph in ("news/w=2", "item_keyword/w=2", "intra_keyword"):
         assert (work / "node2vec" / graph / "embeddings.parquet").is_file()
     for name in ("random", "popularity", "category_profile"):

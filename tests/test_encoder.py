@@ -86,6 +86,29 @@ def test_tiny_glm4_with_deepspeed_resumes_after_kill(tiny: tuple[Path, Path], tm
         assert torch.allclose(a[name], b[name], atol=1e-6), name
 
 
+def _short_run(work: Path, prepared: Path, launcher: list[str], zero: str) -> dict[str, torch.Tensor]:
+    command = [*launcher, str(ROOT / "jobs" / "finetune_encoder.py"), f"paths.work_dir={work}",
+               f"data.prepared_dir={prepared}", f"encoder.cache_dir={work.parent / 'models'}", "encoder=tiny_glm4",
+               "encoder.device=cpu", "encoder.finetune.steps=3", "encoder.finetune.batch_size=32",
+               "encoder.finetune.chunk_size=8", f"encoder.finetune.deepspeed={zero}"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _adapter_tensors(work)
+
+
+def test_two_rank_torchrun_and_zero3_train_the_same_adapter_as_one_process(tiny: tuple[Path, Path],
+                                                                           tmp_path: Path) -> None:
+    """Cross-rank negatives and ZeRO partitioning change where the work happens, not the result."""
+    prepared, _ = tiny
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", "0"]
+    reference = _short_run(tmp_path / "one", prepared, [sys.executable], "zero0")
+    for name, launcher, zero in [("ranks2", torchrun, "zero2"), ("zero3", [sys.executable], "zero3")]:
+        adapter = _short_run(tmp_path / name, prepared, launcher, zero)
+        assert adapter.keys() == reference.keys()
+        for key in reference:
+            assert torch.allclose(adapter[key], reference[key], atol=1e-5), (name, key)
+
+
 @pytest.fixture(scope="module")
 def ray_tmp() -> str:
     return tempfile.mkdtemp(prefix="ray-enc-", dir="/tmp")  # Ray's socket paths must stay short
