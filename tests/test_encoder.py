@@ -91,7 +91,7 @@ def _short_run(work: Path, prepared: Path, launcher: list[str], zero: str) -> di
                f"data.prepared_dir={prepared}", f"encoder.cache_dir={work.parent / 'models'}", "encoder=tiny_glm4",
                "encoder.device=cpu", "encoder.finetune.steps=3", "encoder.finetune.batch_size=32",
                "encoder.finetune.chunk_size=8", f"encoder.finetune.deepspeed={zero}"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return _adapter_tensors(work)
 
@@ -100,7 +100,7 @@ def test_two_rank_torchrun_and_zero3_train_the_same_adapter_as_one_process(tiny:
                                                                            tmp_path: Path) -> None:
     """Cross-rank negatives and ZeRO partitioning change where the work happens, not the result."""
     prepared, _ = tiny
-    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", "0"]
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2"]
     reference = _short_run(tmp_path / "one", prepared, [sys.executable], "zero0")
     for name, launcher, zero in [("ranks2", torchrun, "zero2"), ("zero3", [sys.executable], "zero3")]:
         adapter = _short_run(tmp_path / name, prepared, launcher, zero)
