@@ -86,24 +86,28 @@ def test_tiny_glm4_with_deepspeed_resumes_after_kill(tiny: tuple[Path, Path], tm
         assert torch.allclose(a[name], b[name], atol=1e-6), name
 
 
-def _short_run(work: Path, prepared: Path, launcher: list[str], zero: str) -> dict[str, torch.Tensor]:
+def _short_run(work: Path, prepared: Path, launcher: list[str], *settings: str) -> dict[str, torch.Tensor]:
     command = [*launcher, str(ROOT / "jobs" / "finetune_encoder.py"), f"paths.work_dir={work}",
                f"data.prepared_dir={prepared}", f"encoder.cache_dir={work.parent / 'models'}", "encoder=tiny_glm4",
                "encoder.device=cpu", "encoder.finetune.steps=3", "encoder.finetune.batch_size=32",
-               "encoder.finetune.chunk_size=8", f"encoder.finetune.deepspeed={zero}"]
+               "encoder.finetune.chunk_size=8", *settings]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return _adapter_tensors(work)
 
 
-def test_two_rank_torchrun_and_zero3_train_the_same_adapter_as_one_process(tiny: tuple[Path, Path],
-                                                                           tmp_path: Path) -> None:
-    """Cross-rank negatives and ZeRO partitioning change where the work happens, not the result."""
+def test_ranks_zero3_and_checkpointing_train_the_same_adapter_as_one_process(tiny: tuple[Path, Path],
+                                                                             tmp_path: Path) -> None:
+    """Two torchrun ranks (cross-rank negatives), ZeRO-3 partitioning and gradient checkpointing change where
+    and when the work happens, not the result."""
     prepared, _ = tiny
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2"]
-    reference = _short_run(tmp_path / "one", prepared, [sys.executable], "zero0")
-    for name, launcher, zero in [("ranks2", torchrun, "zero2"), ("zero3", [sys.executable], "zero3")]:
-        adapter = _short_run(tmp_path / name, prepared, launcher, zero)
+    reference = _short_run(tmp_path / "one", prepared, [sys.executable], "encoder.finetune.deepspeed=zero0")
+    variants = {"ranks2": (torchrun, "encoder.finetune.deepspeed=zero2"),
+                "zero3": ([sys.executable], "encoder.finetune.deepspeed=zero3"),
+                "checkpointing": ([sys.executable], "encoder.finetune.gradient_checkpointing=true")}
+    for name, (launcher, setting) in variants.items():
+        adapter = _short_run(tmp_path / name, prepared, launcher, setting)
         assert adapter.keys() == reference.keys()
         for key in reference:
             assert torch.allclose(adapter[key], reference[key], atol=1e-5), (name, key)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -38,14 +40,26 @@ def distributed_env(device: torch.device) -> dict[str, str]:
     return env
 
 
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size) after the process group is up (gloo on CPU, NCCL on GPUs)."""
-    for key, value in distributed_env(device).items():
-        os.environ.setdefault(key, value)
+@contextmanager
+def process_group(device: torch.device) -> Iterator[tuple[int, int]]:
+    """(rank, world size) with the process group up (gloo on CPU, NCCL on GPUs).
+
+    A world of one started here is torn down on exit together with the environment it set, so a later
+    stage of the same process, or a launcher it starts, does not inherit a stale rank or master port.
+    """
+    added = {key: value for key, value in distributed_env(device).items() if key not in os.environ}
+    os.environ.update(added)
     import deepspeed
 
-    if not torch.distributed.is_initialized():
+    started_here = not torch.distributed.is_initialized()
+    if started_here:
         deepspeed.init_distributed(dist_backend="gloo" if device.type == "cpu" else "nccl", auto_mpi_discovery=False)
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    try:
+        yield torch.distributed.get_rank(), torch.distributed.get_world_size()
+    finally:
+        if started_here and "RANK" in added:
+            torch.distributed.destroy_process_group()
+            for key in added:
+                os.environ.pop(key, None)

@@ -10,6 +10,7 @@ is the keyed-vectors format of ``embed/vectors.py`` (L2-normalised float32), in 
 from __future__ import annotations
 
 import math
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -135,9 +136,7 @@ def _finish(cfg: EncoderConfig, news: pa.Table, parts: Path, work: ResumableDir,
     width = table.schema.field("vector").type.list_size
     matrix = table["vector"].combine_chunks().flatten().to_numpy().reshape(-1, width)[order]
     write_vectors(work.path, news["news_id"].to_pylist(), matrix)
-    for file in parts.glob("*.parquet"):
-        file.unlink()
-    parts.rmdir()
+    shutil.rmtree(parts)  # also a killed run's half-written `.part-*.tmp`, which was never data
     summary = {"name": embedding_name(cfg), "news": len(news), "dim": int(width), "model": vars(cfg.model)["source"]}
     Manifest(stage="encoder-embed", inputs=inputs, config=config, rows={"embeddings": len(news)}, extra=summary).write(work.path)
     work.publish()

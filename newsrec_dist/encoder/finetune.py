@@ -25,7 +25,7 @@ import torch.distributed as dist
 from newsrec_dist.config import EncoderConfig, FinetuneConfig, conf_dir
 from newsrec_dist.embed.node2vec import resolve_device
 from newsrec_dist.encoder.contrastive import cached_gradient_step, info_nce
-from newsrec_dist.encoder.distributed import init_distributed
+from newsrec_dist.encoder.distributed import process_group
 from newsrec_dist.encoder.models import TextEncoder, encode_texts, load_backbone, model_dir, tokenize, with_lora
 from newsrec_dist.encoder.pairs import Pairs, load_pairs
 from newsrec_dist.encoder.retrieval import recall_at
@@ -102,8 +102,11 @@ def finetune(cfg: EncoderConfig, prepared_dir: Path, progress: ProgressFactory =
     done = finished(cfg, prepared_dir)
     if done is not None:
         return done
-    device = resolve_device(cfg.device)
-    rank, world = init_distributed(device)
+    with process_group(resolve_device(cfg.device)) as (rank, world):
+        return _train(cfg, prepared_dir, rank, world, progress)
+
+
+def _train(cfg: EncoderConfig, prepared_dir: Path, rank: int, world: int, progress: ProgressFactory) -> dict[str, Any]:
     import deepspeed
 
     ft = cfg.finetune
