@@ -224,6 +224,35 @@ def encoder_glove(overrides: Overrides = None, quiet: bool = typer.Option(False,
                   f"{summary['news_without_known_words']} news without a known word")
 
 
+@app.command("generate")
+def generate(
+    task: Annotated[list[str], typer.Argument(help="keywords | summarize | profile | news | chain (one or more)")],
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="config override key=value")] = None,
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """LLM data generation on a Ray Data actor pool (GENRE, LECOP keywords); cached, resumable, costed.
+
+    Example: ``newsrec generate summarize profile -s generate.task.max_news=100``.
+    """
+    from newsrec_dist.generate.engine import BudgetExhausted
+    from newsrec_dist.generate.stage import run_generation
+
+    cfg = _compose(list(overrides or []) + [f"generate.tasks=[{','.join(task)}]"])
+    try:
+        costs = run_generation(as_object(cfg.generate), Path(cfg.data.prepared_dir), list(cfg.data.splits),
+                               _progress(quiet))
+    except BudgetExhausted as error:
+        console.print(f"[bold yellow]stopped:[/] {error}")
+        raise typer.Exit(code=3) from error
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(error)
+    for name, cost in costs.items():
+        console.print(f"{name}: {cost['ok']} ok, {cost['failed']} failed, {cost['skipped']} skipped of {cost['rows']} rows; "
+                      f"{cost['prompt_tokens']}+{cost['completion_tokens']} new tokens "
+                      f"({cost['cached_prompt_tokens']}+{cost['cached_completion_tokens']} cached), ${cost['cost_usd']}")
+    console.print(f"wrote {cfg.generate.output_dir}")
+
+
 @app.command("eval")
 def evaluate(
     overrides: Overrides = None,

@@ -230,6 +230,80 @@ class EncoderConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """Decoding parameters; part of every cache key. Retries sample at ``retry_temperature``."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int = 0
+    retry_temperature: float = 0.7
+
+
+@dataclass
+class LLMBackendConfig:
+    """One LLM behind the ``generate`` interface (``conf/generate/*.yaml``)."""
+
+    kind: str = "llama_cpp"  # llama_cpp | transformers | openai
+    model: str | None = None  # llama_cpp: GGUF path; transformers: HF dir/id; openai: served model name
+    gguf_file: str | None = None  # transformers: load a GGUF file inside ``model`` (needs `gguf`)
+    n_ctx: int = 2048  # llama_cpp context window
+    threads: int | None = None  # llama_cpp/transformers CPU threads; None: the actor's CPUs
+    dtype: str = "float32"  # transformers: float32 | bfloat16 (GPU)
+    device: str = "auto"  # transformers: cpu | cuda | auto
+    constrained_json: bool = True  # llama_cpp/openai: grammar-constrained JSON from the template's schema
+    base_url: str = "http://127.0.0.1:8000/v1"  # openai
+    api_key_env: str = "OPENAI_API_KEY"  # openai: the key is read from this variable, never from config
+    max_concurrency: int = 8  # openai: requests in flight per actor (the server batches them)
+    timeout_s: float = 120.0
+
+
+@dataclass
+class BudgetConfig:
+    """Stop cleanly when new (uncached) generation passes a token or money limit; None: no limit."""
+
+    max_tokens: int | None = None
+    max_cost: float | None = None
+    # USD per million tokens, by model id; models not listed cost 0 (local models)
+    prices: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerateTasksConfig:
+    """Per-task knobs: sizes, cold-user threshold, subsets for quick runs (None: every row)."""
+
+    max_news: int | None = None  # keywords, summarize: the first N news by id
+    max_users: int | None = None  # profile, news, chain: the first N eligible users by id
+    history_titles: int = 20  # profile/news prompts: the most recent N clicked titles
+    max_keywords: int = 5
+    keywords_fallback: str = "tfidf"  # tfidf | none: news the LLM did not cover or failed on
+    news_per_user: int = 2
+    cold_history_max: int = 5  # users with 1..N clicks get synthetic news (0 clicks: nothing to condition on)
+    text_max_chars: int = 400  # untrusted text is cut to this many characters per field
+
+
+@dataclass
+class GenerateConfig:
+    """LLM data generation (GENRE, LECOP keywords) through a Ray Data actor pool."""
+
+    tasks: list[str] = field(default_factory=lambda: ["keywords", "summarize", "profile", "news", "chain"])
+    backend: LLMBackendConfig = field(default_factory=LLMBackendConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    task: GenerateTasksConfig = field(default_factory=GenerateTasksConfig)
+    max_retries: int = 2  # malformed outputs are re-asked this many times, then recorded as failed
+    batch_size: int = 8  # prompts per actor call (the transformers backend decodes them as one batch)
+    actors: int = 1
+    actor_cpus: float = 1.0  # fractional here (2 cores), whole CPUs or GPUs per actor on clusters
+    actor_gpus: float = 0.0
+    rows_per_part: int = 16  # resume granularity: finished parts are never redone
+    prompts_dir: str | None = None  # versioned templates; None: conf/prompts of the config tree
+    cache_dir: str = "${oc.env:NEWSREC_CACHE,${oc.env:HOME}/.cache/newsrec}/llm"
+    output_dir: str = "${paths.work_dir}/generate"
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+@dataclass
 class PathsConfig:
     work_dir: str = "runs/${experiment_name}"
 
@@ -244,6 +318,7 @@ class RootConfig:
     graphs: GraphsConfig = field(default_factory=GraphsConfig)
     node2vec: Node2VecConfig = field(default_factory=Node2VecConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     stages: list[str] = field(default_factory=list)
 
 
@@ -255,6 +330,7 @@ def _register_schemas() -> None:
     store.store(group="graphs", name="graphs_schema", node=GraphsConfig)
     store.store(group="node2vec", name="node2vec_schema", node=Node2VecConfig)
     store.store(group="encoder", name="encoder_schema", node=EncoderConfig)
+    store.store(group="generate", name="generate_schema", node=GenerateConfig)
 
 
 def conf_dir() -> Path:

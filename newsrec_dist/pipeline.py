@@ -1,8 +1,8 @@
 """The main job: run the configured stages in order, each skipped when its artifact is current.
 
 Stages today: ``synth`` (or ``download`` for real MIND) → ``prepare`` → ``keywords`` → ``graphs`` →
-``node2vec`` → ``finetune`` → ``embed`` → ``glove`` → ``eval`` → ``report``. Later stages (generation,
-training) join as they land.
+``node2vec`` → ``finetune`` → ``embed`` → ``glove`` → ``generate`` → ``eval`` → ``report``. Training joins
+when it lands.
 """
 
 from __future__ import annotations
@@ -94,6 +94,14 @@ def stage_glove(state: RunState) -> None:
     state.outputs["glove"] = glove_embeddings(Path(cfg.data.prepared_dir), Path(cfg.encoder.embeddings_dir), _bars)
 
 
+def stage_generate(state: RunState) -> None:
+    from newsrec_dist.generate.stage import run_generation
+
+    cfg = state.cfg
+    state.outputs["generate"] = run_generation(as_object(cfg.generate), Path(cfg.data.prepared_dir),
+                                               list(cfg.data.splits), _bars)
+
+
 def stage_eval(state: RunState) -> None:
     from newsrec_dist.eval.evaluate import run_baselines
 
@@ -120,6 +128,7 @@ STAGES: dict[str, Callable[[RunState], None]] = {
     "finetune": stage_finetune,
     "embed": stage_embed,
     "glove": stage_glove,
+    "generate": stage_generate,
     "eval": stage_eval,
     "report": stage_report,
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,11 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
     if cfg.address == "local":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(**_init_kwargs(cfg))
+    # Ray Data logs every operator's state at INFO on the driver; the stages draw their own progress.
+    from ray.data import DataContext
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    DataContext.get_current().enable_progress_bars = False
     try:
         yield
     finally:

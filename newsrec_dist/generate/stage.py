@@ -1,0 +1,124 @@
+"""Stage ``generate``: run the configured tasks, each into ``<generate.output_dir>/<task>/``.
+
+Each task's artifact holds ``results.parquet`` (every input row: ok, failed with the parse error, or
+skipped with the reason), its dataset-contract outputs (see ``tasks.py``), ``cost.json`` and a
+manifest keyed by the prepared data, the model, the template identity, sampling and task knobs. An
+unchanged task is skipped; a killed one resumes from its parts and the completion cache.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from newsrec_dist.config import GenerateConfig
+from newsrec_dist.data.prepare import read_news_table
+from newsrec_dist.generate import tasks
+from newsrec_dist.generate.backends import model_id
+from newsrec_dist.generate.engine import PARTS_DIR, RESULTS_FILE, TaskRows, generate_rows
+from newsrec_dist.generate.prompts import load_template
+from newsrec_dist.io import Manifest, ResumableDir, artifact_fingerprint, is_up_to_date, read_manifest
+from newsrec_dist.progress import ProgressFactory, no_progress
+
+TASKS = ("keywords", "summarize", "profile", "news", "chain")
+COST_FILE = "cost.json"
+
+
+class GenerationRun:
+    """One ``generate`` invocation: shared inputs read once, tasks run in dependency order."""
+
+    def __init__(self, cfg: GenerateConfig, prepared_dir: Path, splits: list[str],
+                 progress: ProgressFactory = no_progress) -> None:
+        self.cfg, self.prepared_dir, self.splits, self.progress = cfg, Path(prepared_dir), splits, progress
+        self.news = read_news_table(prepared_dir)
+        self.out = Path(cfg.output_dir)
+        self._histories: dict[str, list[str]] | None = None
+
+    @property
+    def histories(self) -> dict[str, list[str]]:
+        if self._histories is None:
+            self._histories = tasks.user_histories(self.prepared_dir, self.splits)
+        return self._histories
+
+    @property
+    def titles(self) -> dict[str, str]:
+        return dict(zip(self.news["news_id"].to_pylist(), self.news["title"].to_pylist()))
+
+    def run(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        unknown = [name for name in names if name not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown generate task(s) {unknown}; known tasks: {list(TASKS)}")
+        return {name: getattr(self, f"_{name}")() for name in names}
+
+    def _keywords(self) -> dict[str, Any]:
+        rows = tasks.keywords_rows(self.news, self._template("keywords"), self.cfg.task)
+        return self._task(rows, lambda results, _: tasks.keywords_outputs(results, self.news, self.cfg.task))
+
+    def _summarize(self) -> dict[str, Any]:
+        rows = tasks.summarize_rows(self.news, self._template("summarize"), self.cfg.task)
+        return self._task(rows, lambda results, _: tasks.summarize_outputs(results, self.news))
+
+    def _profile(self) -> dict[str, Any]:
+        rows = tasks.profile_rows(self.histories, self.titles, self._template("profile"), self.cfg.task)
+        return self._task(rows, lambda results, _: tasks.profile_outputs(results, self.cfg.task))
+
+    def _news(self) -> dict[str, Any]:
+        return self._generate_news("news", "news", None)
+
+    def _chain(self) -> dict[str, Any]:
+        """Profiler on the cold users, then the generator with each profile (GENRE's chain)."""
+        cold, _ = tasks.cold_users(self.histories, self.cfg.task)
+        profiler = tasks.profile_rows({u: self.histories[u] for u in cold}, self.titles, self._template("profile"),
+                                      self.cfg.task, name="chain_profile")
+        profile_cost = self._task(profiler, lambda results, _: tasks.profile_outputs(results, self.cfg.task))
+        profiles = pq.read_table(self.out / "chain_profile" / "profiles.parquet").to_pylist()
+        chain_cost = self._generate_news("chain", "news_chain", {row["user_id"]: row for row in profiles},
+                                         {"profiles": artifact_fingerprint(self.out / "chain_profile")})
+        return chain_cost | {"profiler": profile_cost}
+
+    def _generate_news(self, name: str, template_name: str, profiles: dict[str, dict] | None,
+                       upstream: dict[str, str] | None = None) -> dict[str, Any]:
+        categories = sorted(set(self.news["category"].to_pylist()))
+        template = tasks.news_template(self._template(template_name), categories, self.cfg.task.news_per_user)
+        rows = tasks.news_rows(self.histories, self.titles, template, categories, self.cfg.task, name, profiles)
+
+        def outputs(results: pa.Table, work: Path) -> dict[str, pa.Table]:
+            synthetic = tasks.synthetic_news(results, self.news)
+            tasks.write_augmented_dataset(synthetic, self.prepared_dir, self.splits, work / "prepared")
+            return {"synthetic_news.parquet": synthetic}
+
+        return self._task(rows, outputs, upstream)
+
+    def _template(self, name: str) -> Any:
+        return load_template(name, self.cfg.prompts_dir)
+
+    def _task(self, rows: TaskRows, outputs: Any, upstream: dict[str, str] | None = None) -> dict[str, Any]:
+        final = self.out / rows.name
+        inputs = {"prepared": artifact_fingerprint(self.prepared_dir), **(upstream or {})}
+        config = {"model": model_id(self.cfg.backend), "template": rows.template.identity,
+                  "sampling": asdict(self.cfg.sampling), "max_retries": self.cfg.max_retries,
+                  "task": asdict(self.cfg.task), "splits": self.splits}
+        if is_up_to_date(final, f"generate-{rows.name}", inputs, config):
+            return dict(read_manifest(final)["extra"])
+        work = ResumableDir(final, Manifest(stage=f"generate-{rows.name}", inputs=inputs, config=config).fingerprint())
+        results, cost = generate_rows(rows, self.cfg, work.path, self.progress)
+        for file_name, table in outputs(results, work.path).items():
+            pq.write_table(table, work.path / file_name)
+        pq.write_table(results, work.path / RESULTS_FILE)
+        (work.path / COST_FILE).write_text(json.dumps(cost, indent=2))
+        Manifest(stage=f"generate-{rows.name}", inputs=inputs, config=config,
+                 rows={key: cost[key] for key in ("rows", "ok", "failed", "skipped")}, extra=cost).write(work.path)
+        shutil.rmtree(work.path / PARTS_DIR)  # also a killed run's half-written part, never data
+        work.publish()
+        return cost
+
+
+def run_generation(cfg: GenerateConfig, prepared_dir: Path, splits: list[str],
+                   progress: ProgressFactory = no_progress) -> dict[str, dict[str, Any]]:
+    return GenerationRun(cfg, prepared_dir, splits, progress).run(list(cfg.tasks))
