@@ -254,6 +254,8 @@ class LLMBackendConfig:
     constrained_json: bool = True  # llama_cpp/openai: grammar-constrained JSON from the template's schema
     base_url: str = "http://127.0.0.1:8000/v1"  # openai
     api_key_env: str = "OPENAI_API_KEY"  # openai: the key is read from this variable, never from config
+    # openai: how the schema is sent: json_schema (OpenAI, vLLM) | json_object (llama.cpp server's form)
+    response_format: str = "json_schema"
     max_concurrency: int = 8  # openai: requests in flight per actor (the server batches them)
     timeout_s: float = 120.0
 

@@ -24,7 +24,7 @@ def test_config_composes_quickstart_with_typed_overrides() -> None:
     assert cfg.data.raw_dir == "runs/quickstart/raw/synth-tiny"
     assert cfg.eval.diversity_k == 5
     assert list(cfg.stages) == ["synth", "prepare", "keywords", "graphs", "node2vec", "finetune", "embed", "glove",
-                                "eval", "report"]
+                                "generate", "eval", "report"]
     with pytest.raises(ConfigError, match="could not be converted to Float"):
         load_config(["data.synth.affinity_weight=strong"])
     with pytest.raises(ConfigError, match="experiment"):
@@ -35,7 +35,9 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
     work = tmp_path / "run"
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # private Ray; socket paths must stay short
     settings = ["data.synth.scale=tiny", f"paths.work_dir={work}", f"node2vec.ray.temp_dir={ray_dir}",
-                f"encoder.embed.ray.temp_dir={ray_dir}", "encoder.finetune.steps=4", "encoder.finetune.deepspeed=zero0"]
+                f"encoder.embed.ray.temp_dir={ray_dir}", "encoder.finetune.steps=4", "encoder.finetune.deepspeed=zero0",
+                f"generate.ray.temp_dir={ray_dir}", f"generate.cache_dir={tmp_path / 'llm-cache'}",
+                "generate.task.max_news=2", "generate.task.max_users=1", "generate.task.news_per_user=1"]
     first = newsrec("run", "experiment=quickstart", *settings, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     report = (work / "report.md").read_text()
@@ -45,6 +47,10 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
     for name in ("minilm-finetuned", "glove-6b-50d"):
         assert (work / "embeddings" / name / "embeddings.parquet").is_file(), name
     assert (work / "encoder" / "minilm" / "adapter").is_dir()
+    assert "## LLM generation" in report and "| chain (profiler step) | " in report
+    for task in ("keywords", "summarize", "profile", "news", "chain", "chain_profile"):
+        assert (work / "generate" / task / "results.parquet").is_file(), task
+    assert (work / "generate" / "chain" / "prepared" / "news.parquet").is_file()
     for graph in ("news/w=2", "item_keyword/w=2", "intra_keyword"):
         assert (work / "node2vec" / graph / "embeddings.parquet").is_file()
     for name in ("random", "popularity", "category_profile"):
@@ -57,10 +63,11 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
     raw_file = work / "raw" / "synth-tiny" / "train" / "behaviors.tsv"
     parquet = work / "prepared" / "synth-tiny" / "behaviors" / "split=train" / "part-0.parquet"
     embeddings = work / "node2vec" / "news" / "w=2" / "manifest.json"
-    stamps = raw_file.stat().st_mtime_ns, parquet.stat().st_mtime_ns, embeddings.stat().st_mtime_ns
+    generated = work / "generate" / "chain" / "manifest.json"
+    stamps = [path.stat().st_mtime_ns for path in (raw_file, parquet, embeddings, generated)]
     second = newsrec("run", "experiment=quickstart", *settings, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert (raw_file.stat().st_mtime_ns, parquet.stat().st_mtime_ns, embeddings.stat().st_mtime_ns) == stamps
+    assert [path.stat().st_mtime_ns for path in (raw_file, parquet, embeddings, generated)] == stamps
     unknown = newsrec("node2vec", "train", "--graph", "news/w=9", *settings, cwd=tmp_path)
     assert unknown.returncode == 2 and "news/w=9" in unknown.stdout
 

@@ -63,6 +63,25 @@ def _encoder_section(outputs: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _generation_table(costs: dict[str, Any]) -> str:
+    """One row per generation task (the chain's profiler step on its own row): rows, tokens, money, speed."""
+    flat = dict(costs)
+    if "chain" in costs and "profiler" in costs["chain"]:
+        flat["chain (profiler step)"] = costs["chain"]["profiler"]
+    rows = ["| task | rows | ok | failed | skipped | new tokens (prompt+completion) | cached tokens | cost USD | "
+            "completion tokens/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, cost in flat.items():
+        speed = cost["completion_tokens_per_s"]
+        rows.append(f"| {name} | {cost['rows']} | {cost['ok']} | {cost['failed']} | {cost['skipped']} | "
+                    f"{cost['prompt_tokens']}+{cost['completion_tokens']} | "
+                    f"{cost['cached_prompt_tokens'] + cost['cached_completion_tokens']} | {cost['cost_usd']:.4f} | "
+                    f"{speed if speed is not None else '-'} |")
+    model = next(iter(flat.values()))["model"] if flat else "-"
+    return "\n".join([f"Model `{model}`. Skipped rows were not asked (outside the configured subset, or no "
+                      "history); failed rows exhausted their retries and are listed with the parse error in each "
+                      "task's `results.parquet`.", "", *rows])
+
+
 def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, float]) -> Path:
     """Write ``<work_dir>/report.md`` from what the stages produced; returns its path."""
     sections = [f"# newsrec-dist report: {cfg.experiment_name}", ""]
@@ -80,6 +99,8 @@ def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, fl
         sections += ["## Node2Vec embeddings", "", _node2vec_table(outputs["node2vec"]), ""]
     if {"finetune", "embed", "glove"} & set(outputs):
         sections += ["## News encoder", "", _encoder_section(outputs), ""]
+    if outputs.get("generate"):
+        sections += ["## LLM generation (GENRE, LECOP keywords)", "", _generation_table(outputs["generate"]), ""]
     if "eval" in outputs:
         sections += ["## Metrics (per impression, then averaged; MIND definitions)", "",
                      metrics_markdown(outputs["eval"], cfg.eval.diversity_k), "",

@@ -160,8 +160,7 @@ class OpenAIBackend:
     def _one(self, request: Request) -> Completion:
         extra: dict[str, Any] = {}
         if self.cfg.constrained_json and request.schema:
-            extra["response_format"] = {"type": "json_schema",
-                                        "json_schema": {"name": "answer", "schema": request.schema}}
+            extra["response_format"] = _response_format(self.cfg.response_format, request.schema)
         response = self.client.chat.completions.create(
             model=str(self.cfg.model), messages=request.messages,  # type: ignore[arg-type]
             temperature=request.temperature, top_p=request.top_p, max_tokens=request.max_tokens,
@@ -169,6 +168,14 @@ class OpenAIBackend:
         usage = response.usage
         return Completion(response.choices[0].message.content or "", usage.prompt_tokens if usage else 0,
                           usage.completion_tokens if usage else 0)
+
+
+def _response_format(kind: str, schema: dict[str, Any]) -> dict[str, Any]:
+    if kind == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    if kind == "json_object":
+        return {"type": "json_object", "schema": schema}
+    raise ValueError(f"generate.backend.response_format={kind!r}; use json_schema or json_object")
 
 
 def model_id(cfg: LLMBackendConfig) -> str:

@@ -203,7 +203,10 @@ def _run_pool(task: TaskRows, cfg: GenerateConfig, pending: list[int], parts: Pa
 
     rows = pa.table({"row_id": [task.row_ids[i] for i in pending],
                      "messages": [json.dumps(task.messages[i], ensure_ascii=False) for i in pending]})
-    dataset = ray.data.from_arrow(rows).map_batches(
+    # One block per batch: a block is one actor task, so blocks spread the rows over the pool and
+    # let answers stream back (and be saved) batch by batch instead of when a whole block is done.
+    blocks = [rows.slice(start, cfg.batch_size) for start in range(0, rows.num_rows, cfg.batch_size)]
+    dataset = ray.data.from_arrow(blocks).map_batches(
         GenerationWorker, batch_size=cfg.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_cpus=cfg.actor_cpus,
         num_gpus=cfg.actor_gpus or None, fn_constructor_kwargs={"cfg": cfg, "template": task.template})
