@@ -9,7 +9,6 @@ Writes <out>.csv and <out>.md (appending a row per stage and scale).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -18,6 +17,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from measure import append_csv  # benchmarks/measure.py
 
 NEWSREC = [sys.executable, "-m", "newsrec_dist.cli"]
 
@@ -69,13 +70,7 @@ def main() -> None:
 
 
 def write_results(args: argparse.Namespace, rows: list[dict], stats: dict, metrics: dict, sizes: dict) -> None:
-    csv_path = args.out.with_suffix(".csv")
-    new_file = not csv_path.exists()
-    with open(csv_path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        if new_file:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_csv(args.out.with_suffix(".csv"), rows)
     auc = {name: round(groups["all"]["auc"], 4) for name, groups in metrics["models"].items()}
     lines = [
         f"\n## scale `{args.scale}`\n",

@@ -13,7 +13,6 @@ Appends rows to <out>.csv and a section to <out>.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -21,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from measure import measured  # benchmarks/measure.py
+from measure import append_csv, measured  # benchmarks/measure.py
 
 
 def run_variant(args: argparse.Namespace, encoder: str, zero: str) -> dict:
@@ -41,13 +40,7 @@ def run_variant(args: argparse.Namespace, encoder: str, zero: str) -> dict:
 
 
 def write_results(args: argparse.Namespace, rows: list[dict]) -> None:
-    csv_path = args.out.with_suffix(".csv")
-    new_file = not csv_path.exists()
-    with open(csv_path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        if new_file:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_csv(args.out.with_suffix(".csv"), rows)
     lines = [f"\n## {args.device}, batch {args.batch_size}, chunk {args.chunk_size}, {args.steps} steps\n",
              f"Command: `python benchmarks/encoder_speed.py --prepared {args.prepared} --workdir {args.workdir} "
              f"--steps {args.steps} --batch-size {args.batch_size} --chunk-size {args.chunk_size} "

@@ -16,7 +16,6 @@ Appends rows to <out>.csv and a section to <out>.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -24,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from measure import measured  # benchmarks/measure.py
+from measure import append_csv, measured  # benchmarks/measure.py
 
 NEWSREC = [sys.executable, "-m", "newsrec_dist.cli"]
 
@@ -127,13 +126,7 @@ def write_results(args: argparse.Namespace, results: dict) -> None:
     rows = [{"label": args.label, "part": part, "windows": args.windows, "wall_s": round(r["wall_s"], 1),
              "jobs_s": round(r.get("jobs_s", r["wall_s"]), 1), "startup_s": round(r.get("startup_s", 0.0), 1),
              "peak_rss_mib": round(r["peak_rss_mib"])} for part, r in results.items()]
-    csv_path = args.out.with_suffix(".csv")
-    new_file = not csv_path.exists()
-    with open(csv_path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        if new_file:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_csv(args.out.with_suffix(".csv"), rows)
     edges = results.get("numpy", results.get("stage", {})).get("edges", {})
     lines = [
         f"\n## `{args.label}` (windows {args.windows})\n",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 
@@ -30,3 +32,13 @@ def measured(command: list[str], env: dict[str, str] | None = None) -> tuple[flo
     if child.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{stdout}\n{stderr[-4000:]}")
     return time.perf_counter() - start, peak / 2**20, stdout
+
+
+def append_csv(path: Path, rows: list[dict]) -> None:
+    """Append result rows to a CSV file, writing the header when the file is new."""
+    new_file = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        if new_file:
+            writer.writeheader()
+        writer.writerows(rows)

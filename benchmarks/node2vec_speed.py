@@ -19,7 +19,6 @@ Appends rows to <out>.csv and a section to <out>.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -31,6 +30,8 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from measure import append_csv  # benchmarks/measure.py
 
 VARIANTS = ("walks-only", "pyg-example", "ours", "ours-workers1")
 
@@ -147,13 +148,7 @@ def write_results(args: argparse.Namespace, results: dict) -> None:
              "walks_per_s": round(r["walks_per_s"]), "start_nodes": r["start_nodes"],
              "link_auc": round(r["link_auc"], 4) if "link_auc" in r else "",
              "peak_rss_mib": round(r["peak_rss_mib"])} for variant, r in results.items()]
-    csv_path = args.out.with_suffix(".csv")
-    new_file = not csv_path.exists()
-    with open(csv_path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        if new_file:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_csv(args.out.with_suffix(".csv"), rows)
     lines = [
         f"\n## `{args.label}` graph `{args.graph}`, {args.epochs} epoch(s), dim {args.dim}, {args.threads} threads\n",
         f"Command: `python benchmarks/node2vec_speed.py --graphs {args.graphs} --graph {args.graph} "

@@ -235,9 +235,10 @@ class SamplingConfig:
 
     temperature: float = 0.0
     top_p: float = 1.0
-    max_tokens: int = 256
+    max_tokens: int = 512  # a cap; each template sets its own (summarize 64, news 384, ...)
     seed: int = 0
     retry_temperature: float = 0.7
+    repetition_penalty: float = 1.1  # small models loop without it (llama_cpp, transformers)
 
 
 @dataclass
@@ -251,7 +252,7 @@ class LLMBackendConfig:
     threads: int | None = None  # llama_cpp/transformers CPU threads; None: the actor's CPUs
     dtype: str = "float32"  # transformers: float32 | bfloat16 (GPU)
     device: str = "auto"  # transformers: cpu | cuda | auto
-    constrained_json: bool = True  # llama_cpp/openai: grammar-constrained JSON from the template's schema
+    constrained_json: bool = True  # grammar-constrained JSON from the template's schema (every backend)
     base_url: str = "http://127.0.0.1:8000/v1"  # openai
     api_key_env: str = "OPENAI_API_KEY"  # openai: the key is read from this variable, never from config
     # openai: how the schema is sent: json_schema (OpenAI, vLLM) | json_object (llama.cpp server's form)

@@ -297,3 +297,13 @@ def test_transformers_backend_batches_exactly_like_one_at_a_time(tiny_causal_lm:
     assert batched == single
     assert all(c.completion_tokens > 0 and c.prompt_tokens > 10 for c in batched)
     assert len({c.prompt_tokens for c in batched}) == 3  # padding is not counted as prompt
+
+
+def test_transformers_backend_constrains_smollm2_to_the_schema() -> None:
+    """The real SmolLM2 (dequantised from its GGUF) under xgrammar's processor: every answer parses."""
+    template = load_template("summarize")
+    messages = [template.render({"title": title, "abstract": "The president toured the border wall in Texas.",
+                                 "category": "news"}) for title in ("Wall tour", "Trump visits the border")]
+    backend = TransformersBackend(LLMBackendConfig(kind="transformers", device="cpu"), 2)
+    answers = backend.complete([Request(m, template.schema, 0.0, 1.0, 48, 0) for m in messages])
+    assert all(parse_answer(answer.text, template.schema)[1] is None for answer in answers)

