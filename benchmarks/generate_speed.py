@@ -10,6 +10,10 @@ float32), greedy decoding, one Ray actor with 2 threads. Backend tokens/s is com
 the seconds spent inside the backend's calls (model loading, Ray start-up and cache reads excluded);
 wall is the whole process. The cached row re-runs the first batched variant into a new output
 directory with the filled cache. Appends rows to <out>.csv and a section to <out>.md.
+
+With --ceiling 1,8,32 it instead measures the transformers backend's decode ceiling in-process: the same
+prompt repeated in a batch, every row forced to the same length (min_new_tokens), with and without the
+JSON grammar — what static batching gives when no row waits for a longer one.
 """
 
 from __future__ import annotations
@@ -58,6 +62,45 @@ def write_results(args: argparse.Namespace, rows: list[dict]) -> None:
         handle.write("\n".join(lines) + "\n")
 
 
+def decode_ceiling(args: argparse.Namespace) -> None:
+    import time
+
+    import torch
+
+    from newsrec_dist.config import LLMBackendConfig
+    from newsrec_dist.generate.backends import TransformersBackend
+    from newsrec_dist.generate.prompts import load_template
+
+    template = load_template("summarize")
+    backend = TransformersBackend(LLMBackendConfig(kind="transformers", device="cpu", threads=2), 2)
+    prompt = backend.tokenizer.apply_chat_template(template.render(
+        {"title": "Wall tour", "abstract": "The president toured the border wall in McAllen, Texas.", "category": "news"}),
+        add_generation_prompt=True, tokenize=False)
+    rows = []
+    for batch in map(int, args.ceiling.split(",")):
+        encoded = backend.tokenizer([prompt] * batch, return_tensors="pt", add_special_tokens=False)
+        for constrained in (False, True):
+            started = time.perf_counter()
+            with torch.inference_mode():
+                output = backend.model.generate(**encoded, max_new_tokens=32, min_new_tokens=0 if constrained else 32,
+                                                do_sample=False, pad_token_id=backend.tokenizer.pad_token_id,
+                                                logits_processor=backend.constraint(template.schema) if constrained else [])
+            seconds = time.perf_counter() - started
+            tokens = (output.shape[1] - encoded["input_ids"].shape[1]) * batch
+            rows.append({"batch": batch, "grammar": constrained, "tokens": tokens, "seconds": round(seconds, 2),
+                         "tokens_per_s": round(tokens / seconds, 1)})
+            print(rows[-1], flush=True)
+    lines = ["\n## decode ceiling: transformers, SmolLM2 float32, equal-length rows\n",
+             f"Command: `python benchmarks/generate_speed.py --prepared {args.prepared} --workdir {args.workdir} "
+             f"--ceiling {args.ceiling}`  ",
+             f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}\n",
+             "| batch | JSON grammar | tokens | seconds | tokens/s |", "|---:|---|---:|---:|---:|",
+             *[f"| {r['batch']} | {'yes' if r['grammar'] else 'no'} | {r['tokens']} | {r['seconds']} | "
+               f"{r['tokens_per_s']} |" for r in rows]]
+    with open(args.out.with_suffix(".md"), "a") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepared", type=Path, required=True)
@@ -66,7 +109,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--variants", default="transformers:1,transformers:16,llama_cpp:1")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("generate_speed"))
+    parser.add_argument("--ceiling", default=None, help="batch sizes for the in-process decode ceiling, e.g. 1,8,32")
     args = parser.parse_args()
+    if args.ceiling:
+        decode_ceiling(args)
+        return
     rows, first_batched = [], None
     for variant in args.variants.split(","):
         backend, batch = variant.split(":")

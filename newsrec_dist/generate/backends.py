@@ -137,7 +137,7 @@ class TransformersBackend:
             output = self.model.generate(**encoded, max_new_tokens=first.max_tokens,
                                          repetition_penalty=first.repetition_penalty,
                                          pad_token_id=self.tokenizer.pad_token_id,
-                                         logits_processor=self._constraint(first.schema), **sampling)
+                                         logits_processor=self.constraint(first.schema), **sampling)
         new_tokens = output[:, encoded["input_ids"].shape[1]:]
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
         return [Completion(self.tokenizer.decode(_until_eos(row.tolist(), self.tokenizer.eos_token_id),
@@ -146,7 +146,7 @@ class TransformersBackend:
                 for row, length in zip(new_tokens, prompt_lengths)]
 
 
-    def _constraint(self, schema: dict[str, Any] | None) -> list[Any]:
+    def constraint(self, schema: dict[str, Any] | None) -> list[Any]:
         """A fresh logits processor (they hold per-call state) over the schema's compiled grammar."""
         if self.compiler is None or schema is None:
             return []
