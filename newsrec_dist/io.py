@@ -18,9 +18,12 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from newsrec_dist import __version__
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MANIFEST_NAME = "manifest.json"
 PROGRESS_NAME = ".progress.json"
@@ -110,6 +113,15 @@ class ResumableDir:
     def publish(self) -> None:
         (self.path / PROGRESS_NAME).unlink(missing_ok=True)
         _replace_dir(self.path, self.final)
+
+
+def write_part(directory: Path, table: pa.Table) -> Path:
+    """Write one Parquet part of a resumable stage under a fresh name; a part is complete or absent."""
+    import pyarrow.parquet as pq
+
+    name = f"part-{uuid.uuid4().hex[:12]}.parquet"
+    pq.write_table(table, Path(directory) / f".{name}.tmp")
+    return (Path(directory) / f".{name}.tmp").rename(Path(directory) / name)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -307,3 +307,21 @@ def test_transformers_backend_constrains_smollm2_to_the_schema() -> None:
     backend = TransformersBackend(LLMBackendConfig(kind="transformers", device="cpu"), 2)
     answers = backend.complete([Request(m, template.schema, 0.0, 1.0, 48, 0) for m in messages])
     assert all(parse_answer(answer.text, template.schema)[1] is None for answer in answers)
+
+
+def test_job_script_stops_at_the_budget_with_exit_code_3_then_continues(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    prepared, _ = tiny
+    job = Path(__file__).resolve().parents[1] / "jobs" / "generate.py"
+    settings = [f"paths.work_dir={tmp_path}", f"data.prepared_dir={prepared}", f"generate.cache_dir={tmp_path / 'cache'}",
+                "generate.task.max_news=2", "generate.batch_size=1", "generate.rows_per_part=1", "generate.backend.threads=2",
+                f"generate.ray.temp_dir={tempfile.mkdtemp(prefix='ray-gj-', dir='/tmp')}"]
+    stopped = subprocess.run([sys.executable, str(job), "keywords", *settings, "generate.budget.max_tokens=1"],
+                             capture_output=True, text=True)
+    assert stopped.returncode == 3, stopped.stdout + stopped.stderr
+    assert "stopped:" in stopped.stdout and "raise the budget" in " ".join(stopped.stdout.split())
+    finished = subprocess.run([sys.executable, str(job), "keywords", *settings], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    cost = json.loads((tmp_path / "generate" / "keywords" / "cost.json").read_text())
+    assert cost["ok"] + cost["failed"] == 2 and cost["rows"] == read_news_table(prepared).num_rows
+    unknown = subprocess.run([sys.executable, str(job), "teleport", *settings], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "unknown generate task(s) ['teleport']" in unknown.stdout

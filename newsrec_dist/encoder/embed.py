@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from newsrec_dist.cluster.ray_session import ray_session
 from newsrec_dist.config import EncoderConfig, EncoderModelConfig
 from newsrec_dist.embed.vectors import vector_column, write_vectors
 from newsrec_dist.encoder.models import model_dir, render_texts
-from newsrec_dist.io import Manifest, ResumableDir, artifact_fingerprint, is_up_to_date, read_manifest
+from newsrec_dist.io import Manifest, ResumableDir, artifact_fingerprint, is_up_to_date, read_manifest, write_part
 from newsrec_dist.progress import ProgressFactory, no_progress
 
 PARTS_DIR = "parts"
@@ -80,10 +79,7 @@ def _done_ids(parts: Path) -> set[str]:
 
 
 def _write_part(parts: Path, news_ids: np.ndarray, vectors: np.ndarray) -> None:
-    name = f"part-{uuid.uuid4().hex[:12]}.parquet"
-    table = pa.table({"news_id": pa.array(news_ids.tolist(), pa.string()), "vector": vector_column(vectors)})
-    pq.write_table(table, parts / f".{name}.tmp")
-    (parts / f".{name}.tmp").rename(parts / name)  # a part is complete or absent
+    write_part(parts, pa.table({"news_id": pa.array(news_ids.tolist(), pa.string()), "vector": vector_column(vectors)}))
 
 
 def embed_news(cfg: EncoderConfig, prepared_dir: Path, progress: ProgressFactory = no_progress) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from newsrec_dist.generate.backends import Backend, Request, make_backend, model
 from newsrec_dist.generate.cache import CompletionCache, cache_key
 from newsrec_dist.generate.parsing import parse_answer
 from newsrec_dist.generate.prompts import PromptTemplate
+from newsrec_dist.io import write_part
 from newsrec_dist.progress import ProgressFactory, no_progress
 
 PARTS_DIR = "parts"
@@ -175,11 +176,13 @@ def price_of(cfg: GenerateConfig) -> dict[str, float]:
     return dict(cfg.budget.prices.get(str(cfg.backend.model), {})) if cfg.backend.model else {}
 
 
-def generate_rows(task: TaskRows, cfg: GenerateConfig, work_dir: Path,
-                  progress: ProgressFactory = no_progress) -> tuple[pa.Table, dict[str, Any]]:
+def generate_rows(task: TaskRows, cfg: GenerateConfig, work_dir: Path, progress: ProgressFactory = no_progress,
+                  before_pool: Callable[[], None] = lambda: None) -> tuple[pa.Table, dict[str, Any]]:
     """Answer every row of ``task`` into ``work_dir/parts``; the ordered results table and its cost report.
 
-    Raises :class:`BudgetExhausted` (after saving the finished parts) when the budget is spent.
+    ``before_pool`` runs when there are rows to ask (a caller can start one Ray for several tasks there;
+    otherwise each call starts and stops its own). Raises :class:`BudgetExhausted` (after saving the
+    finished parts) when the budget is spent.
     """
     parts = work_dir / PARTS_DIR
     parts.mkdir(parents=True, exist_ok=True)
@@ -192,6 +195,7 @@ def generate_rows(task: TaskRows, cfg: GenerateConfig, work_dir: Path,
     with progress(f"generate {task.name}", len(pending)) as advance:
         if pending:
             _check_budget(spend, cfg, task, len(pending))
+            before_pool()
             with ray_session(cfg.ray):
                 _run_pool(task, cfg, pending, parts, spend, advance)
     results = _ordered_results(task, _read_parts(parts))
@@ -219,18 +223,14 @@ def _run_pool(task: TaskRows, cfg: GenerateConfig, pending: list[int], parts: Pa
         GenerationWorker, batch_size=cfg.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_cpus=cfg.actor_cpus,
         num_gpus=cfg.actor_gpus or None, fn_constructor_kwargs={"cfg": cfg, "template": task.template})
+    answered = 0
     for batch in dataset.iter_batches(batch_size=cfg.rows_per_part, batch_format="pyarrow"):
         table = batch.select(RESULTS_SCHEMA.names).cast(RESULTS_SCHEMA)
-        _write_part(parts, table)
+        write_part(parts, table)
         spend.add(table)
+        answered += table.num_rows
         advance(table.num_rows)
-        _check_budget(spend, cfg, task, len(pending) - _count_rows(parts))
-
-
-def _write_part(parts: Path, table: pa.Table) -> None:
-    name = f"part-{uuid.uuid4().hex[:12]}.parquet"
-    pq.write_table(table, parts / f".{name}.tmp")
-    (parts / f".{name}.tmp").rename(parts / name)  # a part is complete or absent
+        _check_budget(spend, cfg, task, len(pending) - answered)
 
 
 def _read_parts(parts: Path) -> pa.Table:
@@ -238,10 +238,6 @@ def _read_parts(parts: Path) -> pa.Table:
     if not files:
         return RESULTS_SCHEMA.empty_table()
     return pa.concat_tables([pq.read_table(file, schema=RESULTS_SCHEMA) for file in files])
-
-
-def _count_rows(parts: Path) -> int:
-    return sum(pq.ParquetFile(file).metadata.num_rows for file in parts.glob("part-*.parquet"))
 
 
 def _ordered_results(task: TaskRows, answered: pa.Table) -> pa.Table:

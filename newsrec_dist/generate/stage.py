@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from newsrec_dist.cluster.ray_session import ray_session
 from newsrec_dist.config import GenerateConfig
 from newsrec_dist.data.prepare import read_news_table
 from newsrec_dist.generate import tasks
@@ -39,6 +41,8 @@ class GenerationRun:
         self.news = read_news_table(prepared_dir)
         self.out = Path(cfg.output_dir)
         self._histories: dict[str, list[str]] | None = None
+        self._scope = ExitStack()
+        self._ray_started = False
 
     @property
     def histories(self) -> dict[str, list[str]]:
@@ -54,7 +58,14 @@ class GenerationRun:
         unknown = [name for name in names if name not in TASKS]
         if unknown:
             raise ValueError(f"unknown generate task(s) {unknown}; known tasks: {list(TASKS)}")
-        return {name: getattr(self, f"_{name}")() for name in names}
+        with ExitStack() as self._scope:
+            return {name: getattr(self, f"_{name}")() for name in names}
+
+    def _start_ray(self) -> None:
+        """One Ray for all tasks, started by the first task with rows to ask (an up-to-date run starts none)."""
+        if not self._ray_started:
+            self._scope.enter_context(ray_session(self.cfg.ray))
+            self._ray_started = True
 
     def _keywords(self) -> dict[str, Any]:
         rows = tasks.keywords_rows(self.news, self._template("keywords"), self.cfg.task)
@@ -107,7 +118,7 @@ class GenerationRun:
         if is_up_to_date(final, f"generate-{rows.name}", inputs, config):
             return dict(read_manifest(final)["extra"])
         work = ResumableDir(final, Manifest(stage=f"generate-{rows.name}", inputs=inputs, config=config).fingerprint())
-        results, cost = generate_rows(rows, self.cfg, work.path, self.progress)
+        results, cost = generate_rows(rows, self.cfg, work.path, self.progress, self._start_ray)
         for file_name, table in outputs(results, work.path).items():
             pq.write_table(table, work.path / file_name)
         pq.write_table(results, work.path / RESULTS_FILE)
