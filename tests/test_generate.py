@@ -95,6 +95,7 @@ def local_ray() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="ray-gen-", dir="/tmp"))
     yield
     ray.shutdown()
+    os.environ.pop(TEST_KEY_ENV, None)
 
 
 def generate_cfg(work: Path, cache: Path, *overrides: str) -> GenerateConfig:
