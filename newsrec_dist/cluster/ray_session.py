@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pyarrow as pa
 import ray
 
 from newsrec_dist.config import RayConfig
@@ -46,3 +47,16 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def blocked_dataset(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
+    """A Ray Dataset of ``table`` in blocks of ``rows_per_block`` rows.
+
+    A block is one task of an actor pool: a single block would go to one actor, and its outputs would
+    come back only when all of it is done. Blocks of one batch spread the rows over the pool and let
+    results stream back (and be saved for resume) batch by batch.
+    """
+    import ray.data
+
+    step = max(1, rows_per_block)
+    return ray.data.from_arrow([table.slice(start, step) for start in range(0, table.num_rows, step)])

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from newsrec_dist.cluster.ray_session import ray_session
+from newsrec_dist.cluster.ray_session import blocked_dataset, ray_session
 from newsrec_dist.config import EncoderConfig, EncoderModelConfig
 from newsrec_dist.embed.vectors import vector_column, write_vectors
 from newsrec_dist.encoder.models import model_dir, render_texts
@@ -114,7 +114,7 @@ def _run_pool(cfg: EncoderConfig, pending: pa.Table, base: str, adapter: str | N
     import ray
 
     embed = cfg.embed
-    dataset = ray.data.from_arrow(pending).map_batches(
+    dataset = blocked_dataset(pending, embed.batch_size).map_batches(
         NewsEmbedder, batch_size=embed.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=embed.actors),
         num_cpus=embed.actor_cpus, num_gpus=embed.actor_gpus or None,
         fn_constructor_kwargs={"base_dir": base, "adapter_dir": adapter, "model_cfg": cfg.model, "device": cfg.device,

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from newsrec_dist.cluster.ray_session import ray_session
+from newsrec_dist.cluster.ray_session import blocked_dataset, ray_session
 from newsrec_dist.config import GenerateConfig
 from newsrec_dist.generate.backends import Backend, Request, make_backend, model_id
 from newsrec_dist.generate.cache import CompletionCache, cache_key
@@ -216,10 +216,7 @@ def _run_pool(task: TaskRows, cfg: GenerateConfig, pending: list[int], parts: Pa
 
     rows = pa.table({"row_id": [task.row_ids[i] for i in pending],
                      "messages": [json.dumps(task.messages[i], ensure_ascii=False) for i in pending]})
-    # One block per batch: a block is one actor task, so blocks spread the rows over the pool and
-    # let answers stream back (and be saved) batch by batch instead of when a whole block is done.
-    blocks = [rows.slice(start, cfg.batch_size) for start in range(0, rows.num_rows, cfg.batch_size)]
-    dataset = ray.data.from_arrow(blocks).map_batches(
+    dataset = blocked_dataset(rows, cfg.batch_size).map_batches(
         GenerationWorker, batch_size=cfg.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_cpus=cfg.actor_cpus,
         num_gpus=cfg.actor_gpus or None, fn_constructor_kwargs={"cfg": cfg, "template": task.template})

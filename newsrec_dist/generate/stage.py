@@ -12,6 +12,7 @@ import json
 import shutil
 from contextlib import ExitStack
 from dataclasses import asdict
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +34,22 @@ COST_FILE = "cost.json"
 
 
 class GenerationRun:
-    """One ``generate`` invocation: shared inputs read once, tasks run in dependency order."""
+    """One ``generate`` invocation: shared inputs read once, tasks run in the order given (the chain runs
+    its own profiler step first)."""
 
     def __init__(self, cfg: GenerateConfig, prepared_dir: Path, splits: list[str],
                  progress: ProgressFactory = no_progress) -> None:
         self.cfg, self.prepared_dir, self.splits, self.progress = cfg, Path(prepared_dir), splits, progress
         self.news = read_news_table(prepared_dir)
         self.out = Path(cfg.output_dir)
-        self._histories: dict[str, list[str]] | None = None
         self._scope = ExitStack()
         self._ray_started = False
 
-    @property
+    @cached_property
     def histories(self) -> dict[str, list[str]]:
-        if self._histories is None:
-            self._histories = tasks.user_histories(self.prepared_dir, self.splits)
-        return self._histories
+        return tasks.user_histories(self.prepared_dir, self.splits)
 
-    @property
+    @cached_property
     def titles(self) -> dict[str, str]:
         return dict(zip(self.news["news_id"].to_pylist(), self.news["title"].to_pylist()))
 
