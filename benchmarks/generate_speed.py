@@ -13,7 +13,9 @@ directory with the filled cache. Appends rows to <out>.csv and a section to <out
 
 With --ceiling 1,8,32 it instead measures the transformers backend's decode ceiling in-process: the same
 prompt repeated in a batch, every row forced to the same length (min_new_tokens), with and without the
-JSON grammar — what static batching gives when no row waits for a longer one.
+JSON grammar — what static batching gives when no row waits for a longer one. With --llama-ceiling 1,8,16,32
+it measures the same for llama.cpp: N sequences decoded together through llama-cpp-python's low-level batch API
+(greedy argmax, no grammar, 32 steps), the most any batching of the GGUF model can give on this machine.
 """
 
 from __future__ import annotations
@@ -101,6 +103,57 @@ def decode_ceiling(args: argparse.Namespace) -> None:
         handle.write("\n".join(lines) + "\n")
 
 
+def llama_ceiling(args: argparse.Namespace) -> None:
+    import time
+
+    import numpy as np
+    from llama_cpp import Llama, _internals  # the low-level API: the high-level one decodes one sequence
+
+    from newsrec_dist.generate.backends import smollm2_gguf
+
+    rows, steps = [], 32
+    for batch in map(int, args.llama_ceiling.split(",")):
+        llm = Llama(model_path=str(smollm2_gguf()), n_ctx=256 * batch, n_threads=2, n_threads_batch=2,
+                    n_batch=max(512, 160 * batch), n_ubatch=max(512, 160 * batch), verbose=False)
+        params = llm.context_params
+        params.n_seq_max, params.kv_unified = batch, True  # Llama() sets these only for embedding models
+        context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        prompt = llm.tokenize(b"<|im_start|>user\nWrite a short news title about a storm in Texas.<|im_end|>\n"
+                              b"<|im_start|>assistant\n", special=True)
+        tokens = _internals.LlamaBatch(n_tokens=max(512, 160 * batch), embd=0, n_seq_max=batch)
+        for sequence in range(batch):
+            tokens.add_sequence(prompt, sequence, False)
+        context.decode(tokens)
+        vocab = llm.n_vocab()
+
+        def greedy(index: int) -> int:
+            return int(np.argmax(np.ctypeslib.as_array(context.get_logits_ith(index), shape=(vocab,))))
+
+        following = [greedy((sequence + 1) * len(prompt) - 1) for sequence in range(batch)]
+        started = time.perf_counter()
+        for step in range(steps):
+            tokens.reset()
+            raw = tokens.batch
+            for sequence in range(batch):
+                raw.token[sequence], raw.pos[sequence] = following[sequence], len(prompt) + step
+                raw.seq_id[sequence][0], raw.n_seq_id[sequence], raw.logits[sequence] = sequence, 1, True
+            raw.n_tokens = batch
+            context.decode(tokens)
+            following = [greedy(sequence) for sequence in range(batch)]
+        seconds = time.perf_counter() - started
+        rows.append({"batch": batch, "tokens": batch * steps, "seconds": round(seconds, 2),
+                     "tokens_per_s": round(batch * steps / seconds, 1)})
+        print(rows[-1], flush=True)
+    lines = ["\n## decode ceiling: llama.cpp, SmolLM2 Q4_1, sequences decoded together (no grammar)\n",
+             f"Command: `python benchmarks/generate_speed.py --prepared {args.prepared} --workdir {args.workdir} "
+             f"--llama-ceiling {args.llama_ceiling}`  ",
+             f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}\n",
+             "| sequences | tokens | seconds | tokens/s |", "|---:|---:|---:|---:|",
+             *[f"| {r['batch']} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} |" for r in rows]]
+    with open(args.out.with_suffix(".md"), "a") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepared", type=Path, required=True)
@@ -110,7 +163,11 @@ def main() -> None:
     parser.add_argument("--variants", default="transformers:1,transformers:16,llama_cpp:1")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("generate_speed"))
     parser.add_argument("--ceiling", default=None, help="batch sizes for the in-process decode ceiling, e.g. 1,8,32")
+    parser.add_argument("--llama-ceiling", default=None, help="sequence counts for llama.cpp's decode ceiling")
     args = parser.parse_args()
+    if args.llama_ceiling:
+        llama_ceiling(args)
+        return
     if args.ceiling:
         decode_ceiling(args)
         return
