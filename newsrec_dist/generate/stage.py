@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict
 from functools import cached_property
@@ -25,11 +26,13 @@ from newsrec_dist.data.prepare import read_news_table
 from newsrec_dist.generate import tasks
 from newsrec_dist.generate.backends import model_id
 from newsrec_dist.generate.engine import PARTS_DIR, RESULTS_FILE, TaskRows, generate_rows
-from newsrec_dist.generate.prompts import load_template
+from newsrec_dist.generate.prompts import PromptTemplate, load_template
 from newsrec_dist.io import Manifest, ResumableDir, artifact_fingerprint, is_up_to_date, read_manifest
 from newsrec_dist.progress import ProgressFactory, no_progress
 
 TASKS = ("keywords", "summarize", "profile", "news", "chain")
+# A task's dataset outputs from its results table and its (partial) artifact directory: file name → table.
+Outputs = Callable[[pa.Table, Path], dict[str, pa.Table]]
 COST_FILE = "cost.json"
 
 
@@ -105,10 +108,10 @@ class GenerationRun:
 
         return self._task(rows, outputs, upstream)
 
-    def _template(self, name: str) -> Any:
+    def _template(self, name: str) -> PromptTemplate:
         return load_template(name, self.cfg.prompts_dir)
 
-    def _task(self, rows: TaskRows, outputs: Any, upstream: dict[str, str] | None = None) -> dict[str, Any]:
+    def _task(self, rows: TaskRows, outputs: Outputs, upstream: dict[str, str] | None = None) -> dict[str, Any]:
         final = self.out / rows.name
         inputs = {"prepared": artifact_fingerprint(self.prepared_dir), **(upstream or {})}
         config = {"model": model_id(self.cfg.backend), "template": rows.template.identity,
