@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from measure import append_csv  # benchmarks/measure.py
+from measure import append_csv, append_section  # benchmarks/measure.py
 
 NEWSREC = [sys.executable, "-m", "newsrec_dist.cli"]
 
@@ -72,10 +70,8 @@ def main() -> None:
 def write_results(args: argparse.Namespace, rows: list[dict], stats: dict, metrics: dict, sizes: dict) -> None:
     append_csv(args.out.with_suffix(".csv"), rows)
     auc = {name: round(groups["all"]["auc"], 4) for name, groups in metrics["models"].items()}
-    lines = [
-        f"\n## scale `{args.scale}`\n",
-        f"Command: `python benchmarks/data_scale.py --scale {args.scale} --workdir {args.workdir}`  ",
-        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}\n",
+    append_section(args.out.with_suffix(".md"), f"scale `{args.scale}`",
+                   f"python benchmarks/data_scale.py --scale {args.scale} --workdir {args.workdir}", [
         "Stages: " + ", ".join(row["stage"] for row in rows) + " (eval = random, popularity and "
         "category_profile baselines on the dev split).\n",
         "| stage | wall (s) | peak RSS (MiB) |", "|---|---:|---:|",
@@ -85,9 +81,7 @@ def write_results(args: argparse.Namespace, rows: list[dict], stats: dict, metri
         f"{stats['clicks']:,} clicks ({stats['clicks_per_impression']:.3f}/impression), "
         f"{stats['candidates_per_impression']:.1f} candidates/impression; TSV bytes: "
         f"{sum(sizes.values()) / 1e9:.2f} GB. Dev AUC: {auc}.",
-    ]
-    with open(args.out.with_suffix(".md"), "a") as handle:
-        handle.write("\n".join(lines) + "\n")
+    ])
 
 
 if __name__ == "__main__":

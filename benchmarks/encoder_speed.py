@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 from pathlib import Path
 
-from measure import append_csv, measured  # benchmarks/measure.py
+from measure import append_csv, append_section, measured  # benchmarks/measure.py
 
 
 def run_variant(args: argparse.Namespace, encoder: str, zero: str) -> dict:
@@ -41,17 +39,15 @@ def run_variant(args: argparse.Namespace, encoder: str, zero: str) -> dict:
 
 def write_results(args: argparse.Namespace, rows: list[dict]) -> None:
     append_csv(args.out.with_suffix(".csv"), rows)
-    lines = [f"\n## {args.device}, batch {args.batch_size}, chunk {args.chunk_size}, {args.steps} steps\n",
-             f"Command: `python benchmarks/encoder_speed.py --prepared {args.prepared} --workdir {args.workdir} "
-             f"--steps {args.steps} --batch-size {args.batch_size} --chunk-size {args.chunk_size} "
-             f"--encoders {args.encoders} --zero {args.zero} --device {args.device}`  ",
-             f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}\n",
-             "| encoder | ZeRO | pairs/s | tokens/s | s/step | process wall (s) | peak RSS (MiB) |",
-             "|---|---|---:|---:|---:|---:|---:|",
-             *[f"| {r['encoder']} | {r['zero']} | {r['pairs_per_s']} | {r['tokens_per_s']} | {r['step_s']} | "
-               f"{r['wall_s']} | {r['peak_rss_mib']} |" for r in rows]]
-    with open(args.out.with_suffix(".md"), "a") as handle:
-        handle.write("\n".join(lines) + "\n")
+    title = f"{args.device}, batch {args.batch_size}, chunk {args.chunk_size}, {args.steps} steps"
+    append_section(args.out.with_suffix(".md"), title,
+                   f"python benchmarks/encoder_speed.py --prepared {args.prepared} --workdir {args.workdir} "
+                   f"--steps {args.steps} --batch-size {args.batch_size} --chunk-size {args.chunk_size} "
+                   f"--encoders {args.encoders} --zero {args.zero} --device {args.device}",
+                   ["| encoder | ZeRO | pairs/s | tokens/s | s/step | process wall (s) | peak RSS (MiB) |",
+                   "|---|---|---:|---:|---:|---:|---:|",
+                   *[f"| {r['encoder']} | {r['zero']} | {r['pairs_per_s']} | {r['tokens_per_s']} | {r['step_s']} | "
+                   f"{r['wall_s']} | {r['peak_rss_mib']} |" for r in rows]])
 
 
 def main() -> None:

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 from pathlib import Path
 
-from measure import append_csv, measured  # benchmarks/measure.py
+from measure import append_csv, append_section, measured  # benchmarks/measure.py
 
 
 def run_variant(args: argparse.Namespace, name: str, backend: str, batch: int, cache: Path) -> dict:
@@ -52,16 +50,13 @@ def run_variant(args: argparse.Namespace, name: str, backend: str, batch: int, c
 
 def write_results(args: argparse.Namespace, rows: list[dict]) -> None:
     append_csv(args.out.with_suffix(".csv"), rows)
-    lines = [f"\n## {args.task}, {args.rows} prompts\n",
-             f"Command: `python benchmarks/generate_speed.py --prepared {args.prepared} --workdir {args.workdir} "
-             f"--task {args.task} --rows {args.rows} --variants {args.variants}`  ",
-             f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}\n",
-             "| variant | ok | completion tokens (new) | cached tokens | backend s | backend tokens/s | stage s | "
-             "process wall s | peak RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-             *[f"| {r['variant']} | {r['ok']} | {r['completion_tokens']} | {r['cached_completion_tokens']} | {r['llm_s']} | "
-               f"{r['backend_tokens_per_s'] or '-'} | {r['stage_s']} | {r['wall_s']} | {r['peak_rss_mib']} |" for r in rows]]
-    with open(args.out.with_suffix(".md"), "a") as handle:
-        handle.write("\n".join(lines) + "\n")
+    append_section(args.out.with_suffix(".md"), f"{args.task}, {args.rows} prompts",
+                   f"python benchmarks/generate_speed.py --prepared {args.prepared} --workdir {args.workdir} "
+                   f"--task {args.task} --rows {args.rows} --variants {args.variants}",
+                   ["| variant | ok | completion tokens (new) | cached tokens | backend s | backend tokens/s | stage s | "
+                   "process wall s | peak RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+                   *[f"| {r['variant']} | {r['ok']} | {r['completion_tokens']} | {r['cached_completion_tokens']} | {r['llm_s']} | "
+                   f"{r['backend_tokens_per_s'] or '-'} | {r['stage_s']} | {r['wall_s']} | {r['peak_rss_mib']} |" for r in rows]])
 
 
 def decode_ceiling(args: argparse.Namespace) -> None:
@@ -92,15 +87,12 @@ def decode_ceiling(args: argparse.Namespace) -> None:
             rows.append({"batch": batch, "grammar": constrained, "tokens": tokens, "seconds": round(seconds, 2),
                          "tokens_per_s": round(tokens / seconds, 1)})
             print(rows[-1], flush=True)
-    lines = ["\n## decode ceiling: transformers, SmolLM2 float32, equal-length rows\n",
-             f"Command: `python benchmarks/generate_speed.py --prepared {args.prepared} --workdir {args.workdir} "
-             f"--ceiling {args.ceiling}`  ",
-             f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}\n",
-             "| batch | JSON grammar | tokens | seconds | tokens/s |", "|---:|---|---:|---:|---:|",
-             *[f"| {r['batch']} | {'yes' if r['grammar'] else 'no'} | {r['tokens']} | {r['seconds']} | "
-               f"{r['tokens_per_s']} |" for r in rows]]
-    with open(args.out.with_suffix(".md"), "a") as handle:
-        handle.write("\n".join(lines) + "\n")
+    append_section(args.out.with_suffix(".md"), "decode ceiling: transformers, SmolLM2 float32, equal-length rows",
+                   f"python benchmarks/generate_speed.py --prepared {args.prepared} --workdir {args.workdir} "
+                   f"--ceiling {args.ceiling}",
+                   ["| batch | JSON grammar | tokens | seconds | tokens/s |", "|---:|---|---:|---:|---:|",
+                    *[f"| {r['batch']} | {'yes' if r['grammar'] else 'no'} | {r['tokens']} | {r['seconds']} | "
+                      f"{r['tokens_per_s']} |" for r in rows]])
 
 
 def llama_ceiling(args: argparse.Namespace) -> None:
@@ -144,14 +136,12 @@ def llama_ceiling(args: argparse.Namespace) -> None:
         rows.append({"batch": batch, "tokens": batch * steps, "seconds": round(seconds, 2),
                      "tokens_per_s": round(batch * steps / seconds, 1)})
         print(rows[-1], flush=True)
-    lines = ["\n## decode ceiling: llama.cpp, SmolLM2 Q4_1, sequences decoded together (no grammar)\n",
-             f"Command: `python benchmarks/generate_speed.py --prepared {args.prepared} --workdir {args.workdir} "
-             f"--llama-ceiling {args.llama_ceiling}`  ",
-             f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}\n",
-             "| sequences | tokens | seconds | tokens/s |", "|---:|---:|---:|---:|",
-             *[f"| {r['batch']} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} |" for r in rows]]
-    with open(args.out.with_suffix(".md"), "a") as handle:
-        handle.write("\n".join(lines) + "\n")
+    append_section(args.out.with_suffix(".md"),
+                   "decode ceiling: llama.cpp, SmolLM2 Q4_1, sequences decoded together (no grammar)",
+                   f"python benchmarks/generate_speed.py --prepared {args.prepared} --workdir {args.workdir} "
+                   f"--llama-ceiling {args.llama_ceiling}",
+                   ["| sequences | tokens | seconds | tokens/s |", "|---:|---:|---:|---:|",
+                    *[f"| {r['batch']} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} |" for r in rows]])
 
 
 def main() -> None:

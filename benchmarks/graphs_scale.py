@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-from measure import append_csv, measured  # benchmarks/measure.py
+from measure import append_csv, append_section, measured  # benchmarks/measure.py
 
 NEWSREC = [sys.executable, "-m", "newsrec_dist.cli"]
 
@@ -128,20 +126,15 @@ def write_results(args: argparse.Namespace, results: dict) -> None:
              "peak_rss_mib": round(r["peak_rss_mib"])} for part, r in results.items()]
     append_csv(args.out.with_suffix(".csv"), rows)
     edges = results.get("numpy", results.get("stage", {})).get("edges", {})
-    lines = [
-        f"\n## `{args.label}` (windows {args.windows})\n",
-        f"Command: `python benchmarks/graphs_scale.py --prepared {args.prepared} --label {args.label} "
-        f"--workdir {args.workdir} --windows {args.windows} --driver-memory {args.driver_memory} "
-        f"--parts {args.parts}`  ",
-        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}\n",
-        "| part | wall (s) | jobs (s) | JVM start (s) | peak RSS, process tree (MiB) |",
-        "|---|---:|---:|---:|---:|",
-        *[f"| {r['part']} | {r['wall_s']} | {r['jobs_s']} | {r['startup_s']} | {r['peak_rss_mib']} |" for r in rows],
-        "",
-        "Edges (unpruned): " + ", ".join(f"{name} {count:,}" for name, count in edges.items()) + ".",
-    ]
-    with open(args.out.with_suffix(".md"), "a") as handle:
-        handle.write("\n".join(lines) + "\n")
+    append_section(args.out.with_suffix(".md"), f"`{args.label}` (windows {args.windows})",
+                   f"python benchmarks/graphs_scale.py --prepared {args.prepared} --label {args.label} "
+                   f"--workdir {args.workdir} --windows {args.windows} --driver-memory {args.driver_memory} "
+                   f"--parts {args.parts}",
+                   ["| part | wall (s) | jobs (s) | JVM start (s) | peak RSS, process tree (MiB) |",
+                   "|---|---:|---:|---:|---:|",
+                   *[f"| {r['part']} | {r['wall_s']} | {r['jobs_s']} | {r['startup_s']} | {r['peak_rss_mib']} |" for r in rows],
+                   "",
+                   "Edges (unpruned): " + ", ".join(f"{name} {count:,}" for name, count in edges.items()) + "."])
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import platform
 import subprocess
 import time
 from pathlib import Path
@@ -42,3 +44,10 @@ def append_csv(path: Path, rows: list[dict]) -> None:
         if new_file:
             writer.writeheader()
         writer.writerows(rows)
+
+
+def append_section(path: Path, title: str, command: str, body: list[str]) -> None:
+    """Append a Markdown section: its title, the command that made it, the machine, then ``body`` lines."""
+    machine = f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}\n"
+    with open(path, "a") as handle:
+        handle.write("\n".join([f"\n## {title}\n", f"Command: `{command}`  ", machine, *body]) + "\n")

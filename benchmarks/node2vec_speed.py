@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -31,7 +30,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from measure import append_csv  # benchmarks/measure.py
+from measure import append_csv, append_section  # benchmarks/measure.py
 
 VARIANTS = ("walks-only", "pyg-example", "ours", "ours-workers1")
 
@@ -149,17 +148,14 @@ def write_results(args: argparse.Namespace, results: dict) -> None:
              "link_auc": round(r["link_auc"], 4) if "link_auc" in r else "",
              "peak_rss_mib": round(r["peak_rss_mib"])} for variant, r in results.items()]
     append_csv(args.out.with_suffix(".csv"), rows)
-    lines = [
-        f"\n## `{args.label}` graph `{args.graph}`, {args.epochs} epoch(s), dim {args.dim}, {args.threads} threads\n",
-        f"Command: `python benchmarks/node2vec_speed.py --graphs {args.graphs} --graph {args.graph} "
-        f"--label {args.label} --epochs {args.epochs} --dim {args.dim} --threads {args.threads}`  ",
-        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}\n",
-        "| variant | s / epoch | walks / s | start nodes | link AUC | peak RSS (MiB) |", "|---|---:|---:|---:|---:|---:|",
-        *[f"| {r['variant']} | {r['epoch_s']} | {r['walks_per_s']:,} | {r['start_nodes']:,} | {r['link_auc']} | "
-          f"{r['peak_rss_mib']} |" for r in rows],
-    ]
-    with open(args.out.with_suffix(".md"), "a") as handle:
-        handle.write("\n".join(lines) + "\n")
+    title = f"`{args.label}` graph `{args.graph}`, {args.epochs} epoch(s), dim {args.dim}, {args.threads} threads"
+    append_section(args.out.with_suffix(".md"), title,
+                   f"python benchmarks/node2vec_speed.py --graphs {args.graphs} --graph {args.graph} "
+                   f"--label {args.label} --epochs {args.epochs} --dim {args.dim} --threads {args.threads}",
+                   ["| variant | s / epoch | walks / s | start nodes | link AUC | peak RSS (MiB) |",
+                    "|---|---:|---:|---:|---:|---:|",
+                    *[f"| {r['variant']} | {r['epoch_s']} | {r['walks_per_s']:,} | {r['start_nodes']:,} | "
+                      f"{r['link_auc']} | {r['peak_rss_mib']} |" for r in rows]])
 
 
 if __name__ == "__main__":

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import kill_when
 from newsrec_dist.config import as_object, load_config
 from newsrec_dist.embed.vectors import EMBEDDINGS_SAFETENSORS, read_vectors
 from newsrec_dist.encoder.embed import PARTS_DIR, embed_news, embedding_name
@@ -65,15 +64,8 @@ def test_tiny_glm4_with_deepspeed_resumes_after_kill(tiny: tuple[Path, Path], tm
     prepared, _ = tiny
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    child = subprocess.Popen(_finetune_command(killed, prepared), env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, start_new_session=True)
     checkpoints = killed / "encoder" / ".partial-tiny-glm4" / "deepspeed"
-    deadline = time.monotonic() + 300
-    while not (checkpoints / "step-4").is_dir() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert child.poll() is None, child.stderr.read().decode()[-3000:]
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
+    kill_when(_finetune_command(killed, prepared), lambda: (checkpoints / "step-4").is_dir(), env=env)
     resumed = subprocess.run(_finetune_command(killed, prepared), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     fresh = subprocess.run(_finetune_command(straight, prepared), env=env, capture_output=True, text=True)
@@ -125,14 +117,8 @@ def test_embed_with_ray_data_resumes_and_matches_direct_encoding(tiny: tuple[Pat
                  "encoder.embed.actor_cpus=1", f"encoder.embed.ray.temp_dir={ray_tmp}"]
     command = [sys.executable, "-m", "newsrec_dist.cli", "encoder", "embed", "--quiet", f"paths.work_dir={tmp_path}",
                f"data.prepared_dir={prepared}", "encoder.device=cpu", *overrides]
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     parts = tmp_path / "embeddings" / ".partial-minilm-base" / PARTS_DIR
-    deadline = time.monotonic() + 300
-    while not list(parts.glob("part-*.parquet")) and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert child.poll() is None, child.stderr.read().decode()[-3000:]
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
+    kill_when(command, lambda: any(parts.glob("part-*.parquet")))
     done_before = sum(pq.read_metadata(file).num_rows for file in parts.glob("part-*.parquet"))
     cfg = encoder_cfg(tmp_path, prepared, *overrides)
     summary = embed_news(cfg, prepared)

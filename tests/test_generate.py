@@ -20,6 +20,7 @@ import pytest
 import ray
 import yaml
 
+from helpers import kill_when
 from newsrec_dist.config import GenerateConfig, LLMBackendConfig, RayConfig, as_object, load_config
 from newsrec_dist.data.prepare import read_behaviors, read_news_table
 from newsrec_dist.generate.backends import Completion, OpenAIBackend, Request, TransformersBackend, smollm2_gguf
@@ -183,15 +184,9 @@ def _cli(work: Path, prepared: Path, cache: Path, *settings: str) -> list[str]:
 def test_kill_and_resume_loses_and_duplicates_no_row(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     prepared, _ = tiny
     settings = ("generate.task.max_news=16",)
-    child = subprocess.Popen(_cli(tmp_path / "killed", prepared, tmp_path / "cache", *settings),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     parts = tmp_path / "killed" / "generate" / ".partial-summarize" / PARTS_DIR
-    deadline = time.monotonic() + 300
-    while not list(parts.glob("part-*.parquet")) and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert child.poll() is None, child.stderr.read().decode()[-3000:]
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
+    kill_when(_cli(tmp_path / "killed", prepared, tmp_path / "cache", *settings),
+              lambda: any(parts.glob("part-*.parquet")))
     kept = len(list(parts.glob("part-*.parquet")))
     resumed = subprocess.run(_cli(tmp_path / "killed", prepared, tmp_path / "cache", *settings), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -87,8 +87,6 @@ def embed_news(cfg: EncoderConfig, prepared_dir: Path, progress: ProgressFactory
     done = finished(cfg, prepared_dir)
     if done is not None:
         return done
-    import ray
-
     inputs, config = _identity(cfg, prepared_dir)
     final = Path(cfg.embeddings_dir) / embedding_name(cfg)
     work = ResumableDir(final, Manifest(stage="encoder-embed", inputs=inputs, config=config).fingerprint())

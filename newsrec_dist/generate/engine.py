@@ -115,8 +115,7 @@ class GenerationWorker:
 
 @dataclass
 class _Outcome:
-    COLUMNS = ("status", "answer", "error", "attempts", "raw", "prompt_tokens", "completion_tokens",
-               "cached_prompt_tokens", "cached_completion_tokens", "llm_seconds")
+    COLUMNS = tuple(RESULTS_SCHEMA.names[1:])  # every result column after row_id
     status: str = "failed"
     answer: str | None = None
     error: str | None = None
