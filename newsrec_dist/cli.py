@@ -275,6 +275,31 @@ def evaluate(
     console.print(f"wrote {Path(cfg.eval.output_dir) / 'metrics.json'}")
 
 
+@app.command("train")
+def train(
+    overrides: Overrides = None,
+    model: Annotated[Optional[str], typer.Option(help="conf/model/<name>.yaml, e.g. nrms, naml, lecop, din")] = None,
+    quiet: bool = typer.Option(False, help="no progress bars"),
+) -> None:
+    """Train a recommender (checkpoints, resume after kill, best dev AUC), evaluate it, export safetensors.
+
+    Example: ``newsrec train model=naml train.epochs=5 train.sampler.kind=popk``.
+    """
+    from newsrec_dist.train.stage import train_model
+
+    cfg = _compose(overrides, model=model, **{"train.progress": False if quiet else None})
+    try:
+        summary = train_model(cfg, _progress(quiet))
+    except (ValueError, FileNotFoundError) as error:
+        _fail(error)
+    if summary:
+        values = summary["metrics"]["all"]
+        console.print(f"{summary['model']}: dev AUC {values['auc']:.4f}, MRR {values['mrr']:.4f}, "
+                      f"nDCG@5 {values['ndcg@5']:.4f}, nDCG@10 {values['ndcg@10']:.4f} "
+                      f"(best epoch {summary['best_epoch']}, {summary['steps']} steps)")
+        console.print(f"wrote {Path(cfg.train.output_dir) / summary['model']}")
+
+
 @app.command("run")
 def run(overrides: Overrides = None) -> None:
     """Run the whole pipeline of an experiment, e.g. ``newsrec run experiment=quickstart``."""

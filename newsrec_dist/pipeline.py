@@ -1,8 +1,8 @@
 """The main job: run the configured stages in order, each skipped when its artifact is current.
 
 Stages today: ``synth`` (or ``download`` for real MIND) → ``prepare`` → ``keywords`` → ``graphs`` →
-``node2vec`` → ``finetune`` → ``embed`` → ``glove`` → ``generate`` → ``eval`` → ``report``. Training joins
-when it lands.
+``node2vec`` → ``finetune`` → ``embed`` → ``glove`` → ``generate`` → ``train`` (every model in
+``train.models``) → ``eval`` → ``report``.
 """
 
 from __future__ import annotations
@@ -102,6 +102,13 @@ def stage_generate(state: RunState) -> None:
                                                list(cfg.data.splits), _bars)
 
 
+def stage_train(state: RunState) -> None:
+    from newsrec_dist.config import with_model
+    from newsrec_dist.train.stage import train_model
+
+    state.outputs["train"] = {name: train_model(with_model(state.cfg, name), _bars) for name in state.cfg.train.models}
+
+
 def stage_eval(state: RunState) -> None:
     from newsrec_dist.eval.evaluate import run_baselines
 
@@ -129,6 +136,7 @@ STAGES: dict[str, Callable[[RunState], None]] = {
     "embed": stage_embed,
     "glove": stage_glove,
     "generate": stage_generate,
+    "train": stage_train,
     "eval": stage_eval,
     "report": stage_report,
 }

@@ -1,0 +1,1 @@
+"""Recommenders composed from shared parts: news encoders × user encoders × scorers (``recommender.build``)."""

@@ -1,0 +1,1 @@
+"""Training and evaluation of the recommenders: features, samplers, Lightning module, fast scoring, the stage."""

@@ -1,0 +1,40 @@
+"""Ray Train adapter: the same ``fit`` on ``train.ray.workers`` DDP workers of a Ray cluster (local Ray here).
+
+Workers share the run directory (a shared filesystem on clusters); rank 0 writes the checkpoints. The driver
+then evaluates the best checkpoint exactly as a single-process run does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from newsrec_dist.cluster.ray_session import ray_session
+
+
+def _worker(config: dict[str, Any]) -> None:
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+
+    from newsrec_dist.train.stage import fit, plan
+
+    run = plan(OmegaConf.create(config["cfg"]))
+    fit(run, Path(config["work"]), strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()],
+        prepare=prepare_trainer)
+
+
+def fit_on_ray(run: Any, work: Path) -> None:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ray_cfg = run.train.ray
+    resources = {"CPU": ray_cfg.cpus_per_worker} | ({"GPU": 1} if ray_cfg.use_gpu else {})
+    with ray_session(ray_cfg.ray):
+        trainer = TorchTrainer(
+            _worker,
+            train_loop_config={"cfg": OmegaConf.to_container(run.cfg, resolve=True), "work": str(work.resolve())},
+            scaling_config=ScalingConfig(num_workers=ray_cfg.workers, use_gpu=ray_cfg.use_gpu,
+                                         resources_per_worker=resources),
+            run_config=RunConfig(storage_path=str((work / "ray").resolve()), name="train"))
+        trainer.fit()

@@ -1,0 +1,278 @@
+"""``newsrec train``: fit one recommender on the prepared data, keep the best dev checkpoint, export it.
+
+The run directory ``<train.output_dir>/<model.name>`` is written through a :class:`ResumableDir`: checkpoints
+land in ``.partial-<name>/checkpoints`` (every ``checkpoint_every_n_steps`` steps, every epoch, and the best dev
+AUC), a re-run after ``kill -9`` resumes from the newest one mid-epoch, and the finished directory holds
+``model.safetensors``, ``metrics.json``, ``prediction.txt``, ``summary.json`` and the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_model
+
+from newsrec_dist.config import ModelConfig, TrainConfig, as_object, to_container
+from newsrec_dist.eval.evaluate import EvalData, evaluate_scores, load_eval_data
+from newsrec_dist.eval.impressions import ClickCounter, ImpressionSet, load_impressions
+from newsrec_dist.eval.metrics import write_prediction_file
+from newsrec_dist.io import Manifest, ResumableDir, artifact_fingerprint, atomic_write_text, read_manifest, sha256_file
+from newsrec_dist.models.recommender import Recommender
+from newsrec_dist.progress import ProgressFactory, no_progress
+from newsrec_dist.train.features import Features, news_features, user_features
+from newsrec_dist.train.module import RecommenderModule
+from newsrec_dist.train.samples import PopularNews, SplitArrays, TrainBatches
+from newsrec_dist.train.scoring import score_split
+
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+RANKING_KEYS = ("auc", "mrr", "ndcg@5", "ndcg@10")
+# settings that change how fast or where a run goes, not what it computes
+RUNTIME_KEYS = ("models", "progress", "threads", "output_dir", "eval_batch_impressions", "ray")
+
+
+@dataclass
+class TrainRun:
+    cfg: DictConfig
+    model: ModelConfig
+    train: TrainConfig
+    prepared: Path
+    final: Path
+    inputs: dict[str, str]
+    config: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        return Manifest(stage="train", inputs=self.inputs, config=self.config).fingerprint()
+
+
+def _input_fingerprints(cfg: DictConfig, model: ModelConfig, train: TrainConfig) -> dict[str, str]:
+    inputs = {"prepared": artifact_fingerprint(Path(cfg.data.prepared_dir))}
+    for view in model.news.views:
+        for source in view.sources:
+            inputs[f"vectors:{source}"] = artifact_fingerprint(Path(source))
+        if view.kind == "vectors" and view.sources:
+            keywords = Path(model.news.keywords_path)
+            if keywords.is_file():
+                inputs["keywords"] = sha256_file(keywords)
+    if train.news_path:
+        inputs["news"] = sha256_file(Path(train.news_path))
+    if model.interest.enabled:
+        inputs["profiles"] = sha256_file(Path(model.interest.profiles_path))
+    return inputs
+
+
+def plan(cfg: DictConfig) -> TrainRun:
+    model, train = as_object(cfg.model), as_object(cfg.train)
+    config = {"model": to_container(cfg.model),
+              "train": {k: v for k, v in to_container(cfg.train).items() if k not in RUNTIME_KEYS},
+              "eval": {"cold_history_max": cfg.eval.cold_history_max, "diversity_k": cfg.eval.diversity_k}}
+    return TrainRun(cfg=cfg, model=model, train=train, prepared=Path(cfg.data.prepared_dir),
+                    final=Path(train.output_dir) / model.name, inputs=_input_fingerprints(cfg, model, train),
+                    config=config)
+
+
+@dataclass
+class TrainData:
+    features: Features
+    train: SplitArrays
+    dev: SplitArrays
+    dev_eval: EvalData
+    popular: PopularNews | None
+
+
+def _user_rows(impressions: ImpressionSet, rows: dict[str, int]) -> np.ndarray:
+    keys = pa.array(list(rows), pa.string())
+    return pc.index_in(impressions.user_id, value_set=keys).fill_null(-1).to_numpy() + 1
+
+
+def load_train_data(run: TrainRun, progress: ProgressFactory = no_progress) -> TrainData:
+    cfg = run.cfg
+    labeled = [split for split in cfg.data.splits if split != "test"]
+    dev_eval = load_eval_data(run.prepared, run.train.eval_split, labeled)
+    train_impressions = load_impressions(run.prepared, "train", dev_eval.catalog)
+    train_users = set(train_impressions.user_id.unique().to_pylist())
+    user_ids = sorted(train_users | set(dev_eval.impressions.user_id.unique().to_pylist()))
+    users, user_coverage = user_features(user_ids, np.asarray([user in train_users for user in user_ids]),
+                                         run.model.interest)
+    news, coverage = news_features(dev_eval.catalog, run.prepared, run.train.news_path, run.model, run.train.seed,
+                                   progress)
+    rows = {user: row for row, user in enumerate(user_ids, start=1)}
+    popular = None
+    if run.train.sampler.kind == "popk":
+        items, times = train_impressions.clicks()
+        popular = PopularNews(ClickCounter(items, times), dev_eval.catalog.size, train_impressions.time,
+                              run.train.sampler)
+    return TrainData(features=Features(news, users, rows, coverage | user_coverage),
+                     train=SplitArrays(train_impressions, _user_rows(train_impressions, rows)),
+                     dev=SplitArrays(dev_eval.impressions, _user_rows(dev_eval.impressions, rows)),
+                     dev_eval=dev_eval, popular=popular)
+
+
+def build_model(run: TrainRun, data: TrainData) -> Recommender:
+    torch.manual_seed(run.train.seed)
+    return Recommender(run.model, data.features.news, data.features.users, run.train.max_history)
+
+
+def evaluate(model: Recommender, run: TrainRun, data: TrainData, device: torch.device) -> tuple[dict[str, Any], np.ndarray]:
+    scores = score_split(model, data.dev, data.features.news.rows, run.train.max_history,
+                         run.train.eval_batch_impressions, device)
+    return evaluate_scores(data.dev_eval, scores, run.cfg.eval.cold_history_max, run.cfg.eval.diversity_k), scores
+
+
+class TrainingRecord(pl.Callback):
+    """Dev metrics after every epoch (logged as ``val_*`` for the best checkpoint) and training throughput."""
+
+    def __init__(self, run: TrainRun, data: TrainData) -> None:
+        self.run, self.data = run, data
+        self.epochs: list[dict[str, Any]] = []
+        self._samples, self._seconds, self._started = 0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self._seconds += time.perf_counter() - self._started
+        self._samples += len(batch["candidates"])
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        started = time.perf_counter()
+        results, _ = evaluate(pl_module.model, self.run, self.data, pl_module.device)
+        values = {f"val_{key}": float(results["all"][key]) for key in RANKING_KEYS}
+        pl_module.log_dict(values, sync_dist=False)
+        loss = trainer.callback_metrics.get("train_loss")
+        self.epochs.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
+                            "train_loss": float(loss) if loss is not None else None,
+                            "samples_per_second": self._samples * trainer.world_size / max(self._seconds, 1e-9),
+                            "eval_seconds": time.perf_counter() - started, **values})
+        self._samples, self._seconds = 0, 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = list(state_dict["epochs"])
+
+
+class ImpressionDataModule(pl.LightningDataModule):
+    """Hands each rank its shard of the training batches (ranks are known only once the strategy is up)."""
+
+    def __init__(self, run: TrainRun, data: TrainData) -> None:
+        super().__init__()
+        self.run, self.data = run, data
+
+    def train_dataloader(self) -> TrainBatches:
+        cfg = self.run.train
+        return TrainBatches(self.data.train, cfg.negatives, cfg.sampler, self.data.popular, cfg.batch_size,
+                            cfg.max_history, cfg.seed, self.trainer.global_rank, self.trainer.world_size)
+
+
+STEP_PATTERN = re.compile(r"step=(\d+)")
+
+
+def newest_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint with the highest step (periodic and epoch checkpoints share the naming)."""
+    found = [(int(m.group(1)), path) for path in directory.glob("*.ckpt") if (m := STEP_PATTERN.search(path.name))]
+    return max(found)[1] if found else None
+
+
+def fit(run: TrainRun, work: Path, strategy: Any = None, plugins: list[Any] | None = None,
+        prepare: Callable[[pl.Trainer], pl.Trainer] | None = None) -> pl.Trainer:
+    """Train (resuming from ``work/checkpoints`` when it holds a checkpoint); the same code on every rank."""
+    cfg = run.train
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = load_train_data(run)
+    module = RecommenderModule(build_model(run, data), cfg)
+    checkpoints = work / CHECKPOINTS
+    callbacks = [
+        ModelCheckpoint(checkpoints, "{epoch}-{step}", every_n_train_steps=cfg.checkpoint_every_n_steps, save_top_k=1),
+        ModelCheckpoint(checkpoints, "{epoch}-{step}", every_n_epochs=1, save_top_k=1, save_on_train_epoch_end=True),
+        ModelCheckpoint(checkpoints, BEST, monitor="val_auc", mode="max", save_top_k=1, save_on_train_epoch_end=True),
+        TrainingRecord(run, data),
+    ]
+    from lightning.pytorch.loggers import CSVLogger
+
+    trainer = pl.Trainer(
+        max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
+        num_nodes=cfg.num_nodes, strategy=strategy or cfg.strategy, precision=cfg.precision, plugins=plugins,
+        callbacks=callbacks, default_root_dir=str(work), logger=CSVLogger(str(work), name="logs"),
+        enable_progress_bar=cfg.progress, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        log_every_n_steps=10)
+    if prepare is not None:
+        trainer = prepare(trainer)
+    trainer.fit(module, datamodule=ImpressionDataModule(run, data), ckpt_path=newest_checkpoint(checkpoints),
+                weights_only=True)
+    return trainer
+
+
+def _epochs_of(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    for key, state in checkpoint.get("callbacks", {}).items():
+        if key.startswith("TrainingRecord"):
+            return list(state["epochs"])
+    return []
+
+
+def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_progress) -> dict[str, Any]:
+    """Reload the best checkpoint, evaluate it on the dev split, export weights and publish the run."""
+    checkpoints = work.path / CHECKPOINTS
+    best = checkpoints / f"{BEST}.ckpt"
+    chosen = best if best.is_file() else newest_checkpoint(checkpoints)
+    if chosen is None:
+        raise RuntimeError(f"{checkpoints}: training wrote no checkpoint")
+    checkpoint = torch.load(chosen, map_location="cpu", weights_only=True)
+    data = load_train_data(run, progress)
+    model = build_model(run, data)
+    model.load_state_dict({key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()})
+    device = torch.device("cuda" if run.train.accelerator == "gpu" and torch.cuda.is_available() else "cpu")
+    started = time.perf_counter()
+    results, scores = evaluate(model.to(device), run, data, device)
+    eval_seconds = time.perf_counter() - started
+    write_prediction_file(work.path / "prediction.txt", data.dev.impressions.impression_id, scores,
+                          data.dev.impressions.offsets)
+    save_model(model.cpu(), str(work.path / "model.safetensors"))
+    last = torch.load(newest_checkpoint(checkpoints), map_location="cpu", weights_only=True)
+    summary = {"model": run.model.name, "checkpoint": chosen.name, "best_epoch": int(checkpoint["epoch"]),
+               "steps": int(last["global_step"]), "epochs": _epochs_of(last), "coverage": data.features.coverage,
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "eval_impressions": data.dev.impressions.size,
+               "eval_impressions_per_second": data.dev.impressions.size / max(eval_seconds, 1e-9),
+               "metrics": results}
+    atomic_write_text(work.path / "metrics.json", json.dumps(results, indent=2))
+    atomic_write_text(work.path / "summary.json", json.dumps(summary, indent=2, default=float))
+    atomic_write_text(work.path / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(run.config)))
+    Manifest(stage="train", inputs=run.inputs, config=run.config,
+             rows={"train_impressions": data.train.impressions.size, "eval_impressions": data.dev.impressions.size},
+             extra=summary).write(work.path)
+    work.publish()
+    return summary
+
+
+def train_model(cfg: DictConfig, progress: ProgressFactory = no_progress) -> dict[str, Any]:
+    """Train ``cfg.model`` (or reuse a finished run with the same inputs and config); returns its summary."""
+    run = plan(cfg)
+    existing = read_manifest(run.final)
+    if existing is not None and existing.get("fingerprint") == run.fingerprint:
+        return dict(existing["extra"])
+    work = ResumableDir(run.final, run.fingerprint)
+    if run.train.ray.enabled:
+        from newsrec_dist.train.ray_train import fit_on_ray
+
+        fit_on_ray(run, work.path)
+    elif fit(run, work.path).global_rank != 0:
+        return {}
+    return finish(run, work, progress)
