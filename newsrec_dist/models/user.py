@@ -101,8 +101,8 @@ class DINUser(UserEncoder):
 
 
 class BSTUser(UserEncoder):
-    """Transformer over [clicked news; candidate] with position embeddings; the candidate's output and the mean
-    of the history outputs, merged, form the per-candidate user vector."""
+    """Transformer over [candidate; clicked news] with position embeddings (the candidate at 0, so padding after
+    the history moves nothing); the candidate's output and the mean history output, merged, form the user vector."""
 
     target_aware = True
 
@@ -117,10 +117,10 @@ class BSTUser(UserEncoder):
         batch, count = candidates.shape[:2]
         length = history.shape[1]
         h = history.unsqueeze(1).expand(-1, count, -1, -1)
-        sequence = torch.cat([h, candidates.unsqueeze(2)], dim=2).reshape(batch * count, length + 1, -1)
+        sequence = torch.cat([candidates.unsqueeze(2), h], dim=2).reshape(batch * count, length + 1, -1)
         sequence = sequence + self.positions.weight[: length + 1]
-        valid = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        valid = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
         valid = valid.unsqueeze(1).expand(-1, count, -1).reshape(batch * count, length + 1)
         out = self.transformer(sequence, src_key_padding_mask=~valid)
-        summary = torch.cat([out[:, -1], masked_mean(out[:, :-1], valid[:, :-1])], dim=-1)
+        summary = torch.cat([out[:, 0], masked_mean(out[:, 1:], valid[:, 1:])], dim=-1)
         return self.merge(summary).reshape(batch, count, -1)

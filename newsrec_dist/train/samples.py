@@ -60,18 +60,14 @@ class PopularNews:
         self.bucket = cfg.popk_bucket_hours * HOUR
         self.start = float(times.min(initial=0))
         boundaries = self.start + self.bucket * np.arange(int((times.max(initial=0) - self.start) // self.bucket) + 1)
-        items = np.arange(news_count)
-        self.top = np.stack([self._top(clicks.before(items, np.full(news_count, int(b))), cfg.popk_pool)
-                             for b in boundaries])
-
-    @staticmethod
-    def _top(counts: np.ndarray, pool: int) -> np.ndarray:
-        pool = min(pool, len(counts))
-        top = np.argpartition(-counts, pool - 1)[:pool]
-        return top[np.argsort(-counts[top], kind="stable")]
+        items, pool = np.arange(news_count), min(cfg.popk_pool, news_count)
+        counts = np.stack([clicks.before(items, np.full(news_count, int(b))) for b in boundaries])
+        top = np.argpartition(-counts, pool - 1, axis=1)[:, :pool]
+        # news without any click yet are not popular: -1 marks an empty slot of the pool
+        self.top = np.where(np.take_along_axis(counts, top, axis=1) > 0, top, -1)
 
     def at(self, times: np.ndarray) -> np.ndarray:
-        """[len(times), pool] most clicked news strictly before each time's bucket start."""
+        """[len(times), pool] most clicked news strictly before each time's bucket start (-1: none)."""
         bucket = np.clip(((times - self.start) // self.bucket).astype(np.int64), 0, len(self.top) - 1)
         return self.top[bucket]
 
@@ -92,8 +88,9 @@ def draw_candidates(impressions: ImpressionSet, clicks: Clicks, negatives: int, 
             raise ValueError(f"train.sampler.popk_count must be 1..{negatives} (train.negatives)")
         pool = popular.at(impressions.time[clicks.owner])
         choice = pool[np.arange(clicks.size)[:, None], rng.integers(0, pool.shape[1], (clicks.size, cfg.popk_count))]
-        keep = drawn[:, :cfg.popk_count]  # a popular pick equal to the clicked news keeps its impression negative
-        drawn[:, :cfg.popk_count] = np.where(choice == clicks.news[:, None], keep, choice)
+        # a pick equal to the clicked news, or an empty slot, keeps its impression negative
+        keep = (choice == clicks.news[:, None]) | (choice < 0)
+        drawn[:, :cfg.popk_count] = np.where(keep, drawn[:, :cfg.popk_count], choice)
     elif cfg.kind != "uniform":
         raise ValueError(f"train.sampler.kind must be uniform or popk, got {cfg.kind!r}")
     return np.concatenate([clicks.news[:, None], drawn], axis=1)

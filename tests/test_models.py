@@ -1,0 +1,216 @@
+"""Recommender building blocks and training data, checked against direct computations."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from newsrec_dist.config import ModelConfig, SamplerConfig, load_config, as_object
+from newsrec_dist.embed.vectors import write_vectors
+from newsrec_dist.eval.impressions import ClickCounter, ImpressionSet, load_catalog, load_impressions
+from newsrec_dist.models.inputs import NewsInputs, UserInputs
+from newsrec_dist.models.recommender import Recommender
+from newsrec_dist.models.scorers import CrossNetwork, PNNScorer
+from newsrec_dist.config import ScorerConfig
+from newsrec_dist.train.features import news_features, vector_source
+from newsrec_dist.train.samples import (
+    Clicks, PopularNews, SplitArrays, TrainBatches, draw_candidates, history_rows,
+)
+from newsrec_dist.train.scoring import score_split
+
+MODELS = ["nrms", "naml", "lstur", "bst", "din", "dcn", "pnn"]
+
+
+def toy_impressions() -> ImpressionSet:
+    """Three impressions over news codes 0..9; impression 2's user has an empty history."""
+    return ImpressionSet(
+        impression_id=np.array([1, 2, 3]), user_id=pa.array(["U1", "U2", "U3"]), time=np.array([0, 7200, 9000]),
+        offsets=np.array([0, 4, 7, 10]), candidates=np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        labels=np.array([1, 0, 0, 0, 0, 1, 0, 1, 1, 0], np.int8),
+        history_offsets=np.array([0, 5, 7, 7]), history=np.array([9, 8, -1, 6, 5, 1, 2]))
+
+
+def test_history_rows_keep_the_most_recent_clicks_valid_first() -> None:
+    rows = history_rows(toy_impressions(), np.array([0, 1, 2]), max_history=3)
+    # impression 0's last three clicks are codes -1 (unknown → padding row 0), 6, 5 → rows 0, 7, 6
+    assert rows.tolist() == [[0, 7, 6], [2, 3, 0], [0, 0, 0]]
+
+
+def test_uniform_negatives_come_from_the_impression_and_the_click_comes_first() -> None:
+    impressions = toy_impressions()
+    clicks = Clicks.of(impressions)
+    drawn = draw_candidates(impressions, clicks, 4, SamplerConfig(), None, np.random.default_rng(0))
+    assert drawn[:, 0].tolist() == [0, 5, 7, 8]
+    non_clicked = {0: {1, 2, 3}, 1: {4, 6}, 2: {9}}
+    for owner, row in zip(clicks.owner, drawn):
+        assert set(row[1:].tolist()) <= non_clicked[int(owner)]
+
+
+def test_popular_news_are_the_most_clicked_before_the_bucket() -> None:
+    rng = np.random.default_rng(3)
+    items, times = rng.integers(0, 40, 3000), rng.integers(0, 20 * 3600, 3000)
+    cfg = SamplerConfig(kind="popk", popk_pool=5, popk_bucket_hours=2.0)
+    popular = PopularNews(ClickCounter(items, times), 40, np.array([0, 20 * 3600]), cfg)
+    assert (popular.at(np.array([10])) == -1).all()  # nothing clicked before the first bucket
+    for query in (3 * 3600 + 5, 11 * 3600, 19 * 3600):
+        bucket_start = (query // 7200) * 7200
+        counts = np.bincount(items[times < bucket_start], minlength=40)
+        top = popular.at(np.array([query]))[0]
+        assert sorted(counts[top].tolist(), reverse=True) == sorted(counts.tolist(), reverse=True)[:5]
+
+
+def test_popk_injects_popular_news_but_never_the_clicked_one() -> None:
+    impressions = toy_impressions()
+    clicks = Clicks.of(impressions)
+    counter = ClickCounter(np.array([3, 3, 3, 5, 5, 8]), np.array([0, 0, 0, 0, 0, 0]))
+    cfg = SamplerConfig(kind="popk", popk_count=2, popk_pool=2, popk_bucket_hours=1.0)
+    popular = PopularNews(counter, 10, impressions.time, cfg)
+    drawn = draw_candidates(impressions, clicks, 4, cfg, popular, np.random.default_rng(1))
+    assert not (drawn[:, 1:3] == drawn[:, :1]).any()
+    assert set(drawn[0, 1:].tolist()) <= {1, 2, 3}  # time 0: nothing is popular yet, impression negatives only
+    # later clicks (news 0 at time 0 is clicked, 3 and 5 are popular): 3 or 5 unless it is the click itself
+    assert drawn[1:, 1:3].tolist() == [[3, 4], [3, 5], [5, 3]] or np.isin(drawn[1:, 1:3], [3, 4, 5, 6]).all()
+    assert np.isin(drawn[2:, 1:3], [3, 5]).all() and drawn[1, 1:3].tolist().count(4) <= 2
+    with pytest.raises(ValueError, match="popk_count"):
+        draw_candidates(impressions, clicks, 4, SamplerConfig(kind="popk", popk_count=5), popular,
+                        np.random.default_rng(1))
+
+
+def _batches(split: SplitArrays, rank: int = 0, world: int = 1) -> TrainBatches:
+    return TrainBatches(split, 4, SamplerConfig(), None, 2, 3, seed=5, rank=rank, world_size=world)
+
+
+def test_batches_are_deterministic_sharded_and_resume_mid_epoch(tiny: tuple[Path, Path]) -> None:
+    prepared, _ = tiny
+    impressions = load_impressions(prepared, "train", load_catalog(prepared))
+    split = SplitArrays(impressions, np.zeros(impressions.size, np.int64))
+    first, again = list(_batches(split)), list(_batches(split))
+    assert all(torch.equal(a["candidates"], b["candidates"]) for a, b in zip(first, again))
+    second_epoch = _batches(split)
+    second_epoch.load_state_dict({"epoch": 0, "position": len(second_epoch)})
+    assert not torch.equal(next(iter(second_epoch))["candidates"], first[0]["candidates"])
+    resumed = _batches(split)
+    resumed.load_state_dict({"epoch": 0, "position": 7})
+    assert all(torch.equal(a["history"], b["history"]) for a, b in zip(first[7:], resumed))
+    ranks = [list(_batches(split, rank, 2)) for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == len(first) // 2
+    pairs = {tuple(row.tolist()) for shard in ranks for batch in shard for row in batch["candidates"]}
+    assert len(pairs) > 0.95 * 2 * len(ranks[0]) * 2
+
+
+def small_model_cfg(name: str) -> ModelConfig:
+    cfg = as_object(load_config([f"model={name}", "model.news.dim=16", "model.news.heads=2", "model.user.heads=2",
+                                 "model.news.attention_dim=8", "model.news.glove_init=false",
+                                 "model.news.word_dim=8", "model.scorer.hidden=[16]"]).model)
+    return cfg
+
+
+def random_inputs(rows: int = 30) -> tuple[NewsInputs, UserInputs]:
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, 50, (rows, 20), generator=generator)
+    tokens[0] = 0
+    news = NewsInputs(rows=rows, words={"title": tokens, "abstract": tokens.flip(1)},
+                      word_vectors=torch.randn(50, 8, generator=generator),
+                      categories={"category": torch.arange(rows) % 4, "subcategory": torch.arange(rows) % 7})
+    return news, UserInputs(rows=6, trained=torch.tensor([False, True, True, True, True, False]))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_models_ignore_history_padding_and_score_per_candidate(name: str) -> None:
+    news, users = random_inputs()
+    model = Recommender(small_model_cfg(name), news, users, max_history=6).eval()
+    history = torch.tensor([[3, 4, 5, 0, 0, 0], [7, 0, 0, 0, 0, 0]])
+    candidates = torch.tensor([[10, 11, 12], [13, 14, 15]])
+    user_rows = torch.tensor([1, 5])
+    scores = model(history, candidates, user_rows)
+    assert scores.shape == (2, 3)
+    shorter = model(history[:, :4], candidates, user_rows)
+    torch.testing.assert_close(scores, shorter, rtol=1e-5, atol=1e-5)
+    alone = model(history[:1], candidates[:1, 1:2], user_rows[:1])  # a candidate's score ignores the others
+    torch.testing.assert_close(scores[:1, 1:2], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_cross_network_and_pnn_match_their_formulas() -> None:
+    torch.manual_seed(0)
+    cross, x0 = CrossNetwork(6, 2), torch.randn(3, 6)
+    x = x0
+    for w, b in zip(cross.weights, cross.biases):
+        x = torch.stack([x0[i] * torch.dot(x[i], w) + b + x[i] for i in range(3)])
+    torch.testing.assert_close(cross(x0), x)
+    pnn = PNNScorer(4, ScorerConfig(kind="pnn", fields=2, hidden=[]), 0.0)
+    user, candidate = torch.randn(1, 4), torch.randn(1, 1, 4)
+    fields = torch.cat([user[0], candidate[0, 0]]).reshape(4, 2)
+    products = [torch.dot(fields[a], fields[b]) for a, b in itertools.combinations(range(4), 2)]
+    expected = pnn.net(torch.cat([user[0], candidate[0, 0], torch.stack(products)]))
+    torch.testing.assert_close(pnn(user, candidate)[0, 0], expected[0])
+
+
+@pytest.mark.parametrize("name", ["nrms", "din"])
+def test_fast_scoring_equals_the_training_forward(name: str, tiny: tuple[Path, Path]) -> None:
+    prepared, _ = tiny
+    catalog = load_catalog(prepared)
+    impressions = load_impressions(prepared, "dev", catalog)
+    cfg = small_model_cfg(name)
+    news, _ = news_features(catalog, prepared, None, cfg, seed=0)
+    users = UserInputs(rows=2, trained=torch.tensor([False, True]))
+    model = Recommender(cfg, news, users, max_history=10).eval()
+    split = SplitArrays(impressions, np.ones(impressions.size, np.int64))
+    scores = score_split(model, split, news.rows, 10, batch_impressions=7, device=torch.device("cpu"))
+    assert scores.shape == impressions.candidates.shape
+    for g in (0, 5, impressions.size - 1):
+        start, stop = impressions.offsets[g], impressions.offsets[g + 1]
+        history = torch.from_numpy(history_rows(impressions, np.array([g]), 10))
+        candidates = torch.from_numpy(impressions.candidates[start:stop] + 1)[None]
+        direct = model(history, candidates, torch.tensor([1]))[0].detach().numpy()
+        np.testing.assert_allclose(scores[start:stop], direct, rtol=1e-4, atol=1e-5)
+
+
+def test_keyword_vectors_average_each_news_items_keywords(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    prepared, keywords = tiny
+    catalog = load_catalog(prepared)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(keywords)
+    words = sorted({word for row in table["keywords"].to_pylist() for word in row})
+    matrix = np.random.default_rng(0).normal(size=(len(words), 3)).astype(np.float32)
+    write_vectors(tmp_path, words, matrix)
+    vectors, coverage = vector_source(catalog, str(tmp_path), str(keywords))
+    assert coverage["keyed_by"] == "keyword" and coverage["found"] + coverage["missing"] == catalog.size
+    first = table.slice(0, 1).to_pylist()[0]
+    code = catalog.ids.to_pylist().index(first["news_id"])
+    expected = matrix[[words.index(word) for word in first["keywords"]]].mean(axis=0)
+    np.testing.assert_allclose(vectors[code + 1].numpy(), expected, rtol=1e-6)
+    news_keyed = tmp_path / "news"
+    news_keyed.mkdir()
+    write_vectors(news_keyed, catalog.ids.to_pylist()[:10], np.ones((10, 2)))
+    vectors, coverage = vector_source(catalog, str(news_keyed), str(keywords))
+    assert coverage == {"keyed_by": "news", "found": 10, "missing": catalog.size - 10}
+    assert vectors[1:11].sum() == 20 and vectors[11:].sum() == 0
+
+
+def test_plm_top_layers_on_cached_states_equal_the_full_model(tiny: tuple[Path, Path]) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    from newsrec_dist.encoder.models import minilm_path
+
+    prepared, _ = tiny
+    catalog = load_catalog(prepared)
+    cfg = as_object(load_config(["model=plm_nr", "model.news.plm.trainable_layers=2"]).model)
+    news, _ = news_features(catalog, prepared, None, cfg, seed=0)
+    states, mask = news.plm_hidden["title"]
+    assert states.shape[0] == catalog.size + 1 and not mask[0].any()
+    tokenizer, full = AutoTokenizer.from_pretrained(str(minilm_path())), AutoModel.from_pretrained(str(minilm_path()))
+    import pyarrow.parquet as pq
+
+    titles = pq.read_table(prepared / "news.parquet", columns=["title"])["title"].to_pylist()[:4]
+    batch = tokenizer(titles, truncation=True, max_length=24, padding="max_length", return_tensors="pt")
+    with torch.no_grad():
+        expected = full(**batch).last_hidden_state
+        ours = news.plm_top.eval()(states[1:5], mask[1:5])
+    keep = batch["attention_mask"].bool()
+    torch.testing.assert_close(ours[keep], expected[keep], rtol=1e-4, atol=1e-4)
