@@ -342,6 +342,7 @@ class NewsEncoderConfig:
     dropout: float = 0.2
     plm: PLMConfig = field(default_factory=PLMConfig)
     keywords_path: str = "${graphs.keywords_path}/keywords.parquet"  # vectors keyed by keyword
+    table: str | None = None  # a news.parquet with extra columns (GENRE NS: generate/summarize/news.parquet)
 
 
 @dataclass
@@ -412,7 +413,6 @@ class TrainConfig:
     negatives: int = 4
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     max_history: int = 50
-    news_path: str | None = None  # a news.parquet with extra columns (GENRE: generate/summarize/news.parquet)
     eval_split: str = "dev"
     eval_batch_impressions: int = 64
     checkpoint_every_n_steps: int = 100

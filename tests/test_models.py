@@ -156,7 +156,7 @@ def test_fast_scoring_equals_the_training_forward(name: str, tiny: tuple[Path, P
     catalog = load_catalog(prepared)
     impressions = load_impressions(prepared, "dev", catalog)
     cfg = small_model_cfg(name)
-    news, _ = news_features(catalog, prepared, None, cfg, seed=0)
+    news, _ = news_features(catalog, prepared, cfg, seed=0)
     users = UserInputs(rows=2, trained=torch.tensor([False, True]))
     model = Recommender(cfg, news, users, max_history=10).eval()
     split = SplitArrays(impressions, np.ones(impressions.size, np.int64))
@@ -201,7 +201,7 @@ def test_plm_top_layers_on_cached_states_equal_the_full_model(tiny: tuple[Path, 
     prepared, _ = tiny
     catalog = load_catalog(prepared)
     cfg = as_object(load_config(["model=plm_nr", "model.news.plm.trainable_layers=2"]).model)
-    news, _ = news_features(catalog, prepared, None, cfg, seed=0)
+    news, _ = news_features(catalog, prepared, cfg, seed=0)
     states, mask = news.plm_hidden["title"]
     assert states.shape[0] == catalog.size + 1 and not mask[0].any()
     tokenizer, full = AutoTokenizer.from_pretrained(str(minilm_path())), AutoModel.from_pretrained(str(minilm_path()))

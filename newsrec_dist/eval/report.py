@@ -1,4 +1,4 @@
-"""Markdown report of a pipeline run: data, row accounting, metrics, stage timings."""
+"""Markdown report of a pipeline run: data, row accounting, recommenders, metrics, stage timings."""
 
 from __future__ import annotations
 
@@ -82,6 +82,29 @@ def _generation_table(costs: dict[str, Any]) -> str:
                       "task's `results.parquet`.", "", *rows])
 
 
+GENRE_TASKS = ("summarize", "profile")  # what the GENRE variant (nrms_genre) consumes
+
+
+def _training_section(runs: dict[str, Any], generation: dict[str, Any] | None, diversity_k: int) -> str:
+    lines = ["| model | steps | best epoch | parameters | train samples/s | eval impressions/s |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, run in runs.items():
+        speed = run["epochs"][-1]["samples_per_second"] if run["epochs"] else float("nan")
+        lines.append(f"| {name} | {run['steps']} | {run['best_epoch']} | {run['parameters']} | {speed:.0f} | "
+                     f"{run['eval_impressions_per_second']:.0f} |")
+    lines += ["", metrics_markdown({"models": {name: run["metrics"] for name, run in runs.items()}}, diversity_k)]
+    if generation and {"nrms", "nrms_genre"} <= set(runs):
+        gain = runs["nrms_genre"]["metrics"]["all"]["auc"] - runs["nrms"]["metrics"]["all"]["auc"]
+        tasks = [task for task in GENRE_TASKS if task in generation]
+        tokens = sum(generation[t]["prompt_tokens"] + generation[t]["completion_tokens"] +
+                     generation[t]["cached_prompt_tokens"] + generation[t]["cached_completion_tokens"] for t in tasks)
+        usd = sum(generation[task]["cost_usd"] for task in tasks)
+        per_point = f"{tokens / (gain * 100):.0f} tokens, ${usd / (gain * 100):.4f}" if gain > 0 else "no gain"
+        lines += ["", "GENRE cost per gain (nrms_genre vs nrms, LLM work of "
+                  f"{' + '.join(tasks)}): AUC {gain:+.4f} for {tokens} tokens (${usd:.4f}); per +0.01 AUC: {per_point}."]
+    return "\n".join(lines)
+
+
 def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, float]) -> Path:
     """Write ``<work_dir>/report.md`` from what the stages produced; returns its path."""
     sections = [f"# newsrec-dist report: {cfg.experiment_name}", ""]
@@ -101,6 +124,9 @@ def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, fl
         sections += ["## News encoder", "", _encoder_section(outputs), ""]
     if outputs.get("generate"):
         sections += ["## LLM generation (GENRE, LECOP keywords)", "", _generation_table(outputs["generate"]), ""]
+    if outputs.get("train"):
+        sections += ["## Recommenders (dev split, best checkpoint by dev AUC)", "",
+                     _training_section(outputs["train"], outputs.get("generate"), cfg.eval.diversity_k), ""]
     if "eval" in outputs:
         sections += ["## Metrics (per impression, then averaged; MIND definitions)", "",
                      metrics_markdown(outputs["eval"], cfg.eval.diversity_k), "",

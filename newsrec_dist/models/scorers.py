@@ -54,16 +54,21 @@ class CrossNetwork(nn.Module):
 
 
 class DCNScorer(nn.Module):
-    """Cross network and deep network side by side over x_0 = [u, c], then a linear layer."""
+    """Cross network and deep network side by side over x_0 = [u, c, u ⊙ c], then a linear layer.
+
+    The element-wise product joins the input as in the MLP scorer: a rank-one cross layer alone fits a
+    user-candidate match slowly.
+    """
 
     def __init__(self, dim: int, cfg: ScorerConfig, dropout: float) -> None:
         super().__init__()
-        self.cross = CrossNetwork(2 * dim, cfg.cross_layers)
-        self.deep = mlp(2 * dim, cfg.hidden, None, dropout)
-        self.out = nn.Linear(2 * dim + (cfg.hidden[-1] if cfg.hidden else 2 * dim), 1)
+        self.cross = CrossNetwork(3 * dim, cfg.cross_layers)
+        self.deep = mlp(3 * dim, cfg.hidden, None, dropout)
+        self.out = nn.Linear(3 * dim + (cfg.hidden[-1] if cfg.hidden else 3 * dim), 1)
 
     def forward(self, user: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        x0 = torch.cat([_per_candidate(user, candidates), candidates], dim=-1)
+        u = _per_candidate(user, candidates)
+        x0 = torch.cat([u, candidates, u * candidates], dim=-1)
         return self.out(torch.cat([self.cross(x0), self.deep(x0)], dim=-1)).squeeze(-1)
 
 

@@ -176,11 +176,11 @@ def plm_features(table: pa.Table, cfg: NewsEncoderConfig, inputs: NewsInputs, pr
         inputs.plm_hidden[view.column] = (torch.cat(states), torch.cat(masks))
 
 
-def news_features(catalog: NewsCatalog, prepared_dir: Path, news_path: str | None, cfg: ModelConfig, seed: int,
+def news_features(catalog: NewsCatalog, prepared_dir: Path, cfg: ModelConfig, seed: int,
                   progress: ProgressFactory = no_progress) -> tuple[NewsInputs, dict[str, Any]]:
     views = cfg.news.views
     columns = sorted({view.column for view in views if view.kind in ("text", "plm", "category")})
-    table = news_table(catalog, prepared_dir, news_path, columns)
+    table = news_table(catalog, prepared_dir, cfg.news.table, columns)
     inputs, coverage = NewsInputs(rows=catalog.size + 1), {}
     text_features(table, cfg.news, inputs, coverage, seed)
     category_features(catalog, table, cfg.news, inputs)

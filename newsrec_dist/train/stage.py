@@ -39,6 +39,7 @@ from newsrec_dist.train.scoring import score_split
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
+EPOCHS_FILE = "epochs.json"
 RANKING_KEYS = ("auc", "mrr", "ndcg@5", "ndcg@10")
 # settings that change how fast or where a run goes, not what it computes
 RUNTIME_KEYS = ("models", "progress", "threads", "output_dir", "eval_batch_impressions", "ray")
@@ -68,8 +69,8 @@ def _input_fingerprints(cfg: DictConfig, model: ModelConfig, train: TrainConfig)
             keywords = Path(model.news.keywords_path)
             if keywords.is_file():
                 inputs["keywords"] = sha256_file(keywords)
-    if train.news_path:
-        inputs["news"] = sha256_file(Path(train.news_path))
+    if model.news.table:
+        inputs["news"] = sha256_file(Path(model.news.table))
     if model.interest.enabled:
         inputs["profiles"] = sha256_file(Path(model.interest.profiles_path))
     return inputs
@@ -108,8 +109,7 @@ def load_train_data(run: TrainRun, progress: ProgressFactory = no_progress) -> T
     user_ids = sorted(train_users | set(dev_eval.impressions.user_id.unique().to_pylist()))
     users, user_coverage = user_features(user_ids, np.asarray([user in train_users for user in user_ids]),
                                          run.model.interest)
-    news, coverage = news_features(dev_eval.catalog, run.prepared, run.train.news_path, run.model, run.train.seed,
-                                   progress)
+    news, coverage = news_features(dev_eval.catalog, run.prepared, run.model, run.train.seed, progress)
     rows = {user: row for row, user in enumerate(user_ids, start=1)}
     popular = None
     if run.train.sampler.kind == "popk":
@@ -136,8 +136,8 @@ def evaluate(model: Recommender, run: TrainRun, data: TrainData, device: torch.d
 class TrainingRecord(pl.Callback):
     """Dev metrics after every epoch (logged as ``val_*`` for the best checkpoint) and training throughput."""
 
-    def __init__(self, run: TrainRun, data: TrainData) -> None:
-        self.run, self.data = run, data
+    def __init__(self, run: TrainRun, data: TrainData, work: Path) -> None:
+        self.run, self.data, self.path = run, data, work / EPOCHS_FILE
         self.epochs: list[dict[str, Any]] = []
         self._samples, self._seconds, self._started = 0, 0.0, 0.0
 
@@ -159,6 +159,8 @@ class TrainingRecord(pl.Callback):
                             "samples_per_second": self._samples * trainer.world_size / max(self._seconds, 1e-9),
                             "eval_seconds": time.perf_counter() - started, **values})
         self._samples, self._seconds = 0, 0.0
+        if trainer.is_global_zero:
+            atomic_write_text(self.path, json.dumps(self.epochs, indent=2))
 
     def state_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs}
@@ -203,12 +205,14 @@ def fit(run: TrainRun, work: Path, strategy: Any = None, plugins: list[Any] | No
         ModelCheckpoint(checkpoints, "{epoch}-{step}", every_n_train_steps=cfg.checkpoint_every_n_steps, save_top_k=1),
         ModelCheckpoint(checkpoints, "{epoch}-{step}", every_n_epochs=1, save_top_k=1, save_on_train_epoch_end=True),
         ModelCheckpoint(checkpoints, BEST, monitor="val_auc", mode="max", save_top_k=1, save_on_train_epoch_end=True),
-        TrainingRecord(run, data),
+        TrainingRecord(run, data, work),
     ]
     from lightning.pytorch.loggers import CSVLogger
 
     trainer = pl.Trainer(
-        max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
+        # an injected strategy (Ray Train) owns the process layout: one device per worker
+        max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
+        devices="auto" if strategy is not None else cfg.devices,
         num_nodes=cfg.num_nodes, strategy=strategy or cfg.strategy, precision=cfg.precision, plugins=plugins,
         callbacks=callbacks, default_root_dir=str(work), logger=CSVLogger(str(work), name="logs"),
         enable_progress_bar=cfg.progress, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
@@ -218,13 +222,6 @@ def fit(run: TrainRun, work: Path, strategy: Any = None, plugins: list[Any] | No
     trainer.fit(module, datamodule=ImpressionDataModule(run, data), ckpt_path=newest_checkpoint(checkpoints),
                 weights_only=True)
     return trainer
-
-
-def _epochs_of(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
-    for key, state in checkpoint.get("callbacks", {}).items():
-        if key.startswith("TrainingRecord"):
-            return list(state["epochs"])
-    return []
 
 
 def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_progress) -> dict[str, Any]:
@@ -247,7 +244,8 @@ def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_pro
     save_model(model.cpu(), str(work.path / "model.safetensors"))
     last = torch.load(newest_checkpoint(checkpoints), map_location="cpu", weights_only=True)
     summary = {"model": run.model.name, "checkpoint": chosen.name, "best_epoch": int(checkpoint["epoch"]),
-               "steps": int(last["global_step"]), "epochs": _epochs_of(last), "coverage": data.features.coverage,
+               "steps": int(last["global_step"]),
+               "epochs": json.loads((work.path / EPOCHS_FILE).read_text()), "coverage": data.features.coverage,
                "parameters": sum(p.numel() for p in model.parameters()),
                "eval_impressions": data.dev.impressions.size,
                "eval_impressions_per_second": data.dev.impressions.size / max(eval_seconds, 1e-9),
