@@ -501,6 +501,11 @@ def as_object(node: DictConfig) -> Any:
     return OmegaConf.to_object(node)
 
 
+def from_container(container: dict[str, Any]) -> DictConfig:
+    """A resolved config sent as a plain dict (e.g. to Ray workers), typed again by the schemas."""
+    return OmegaConf.merge(OmegaConf.structured(RootConfig), container)
+
+
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     """Plain dict of a config node, for manifests and reports."""
     container = OmegaConf.to_container(cfg, resolve=True)

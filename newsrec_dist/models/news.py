@@ -96,12 +96,13 @@ class NewsEncoder(nn.Module):
             embedding = nn.Embedding.from_pretrained(inputs.word_vectors.clone(), freeze=False, padding_idx=0)
         self.word_embedding = embedding
         self.views = nn.ModuleList(self._view(view, cfg, inputs) for view in cfg.views)
-        if cfg.combine == "attention":
-            self.mix: nn.Module = AdditiveAttention(cfg.dim, cfg.attention_dim)
-        elif cfg.combine == "concat":
-            self.mix = nn.Linear(cfg.dim * len(cfg.views), cfg.dim)
-        elif cfg.combine != "sum":
+        if cfg.combine not in ("attention", "sum", "concat"):
             raise ValueError(f"news.combine must be attention, sum or concat, got {cfg.combine!r}")
+        self.mix: nn.Module | None = None  # one view needs no mixing (and DDP rejects unused parameters)
+        if len(cfg.views) > 1 and cfg.combine == "attention":
+            self.mix = AdditiveAttention(cfg.dim, cfg.attention_dim)
+        elif len(cfg.views) > 1 and cfg.combine == "concat":
+            self.mix = nn.Linear(cfg.dim * len(cfg.views), cfg.dim)
 
     def _view(self, view: NewsViewConfig, cfg: NewsEncoderConfig, inputs: NewsInputs) -> nn.Module:
         if view.kind == "text":

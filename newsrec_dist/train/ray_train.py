@@ -9,17 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from newsrec_dist.cluster.ray_session import ray_session
+from newsrec_dist.config import to_container
 
 
 def _worker(config: dict[str, Any]) -> None:
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
+    from newsrec_dist.config import from_container
     from newsrec_dist.train.stage import fit, plan
 
-    run = plan(OmegaConf.create(config["cfg"]))
+    run = plan(from_container(config["cfg"]))
     fit(run, Path(config["work"]), strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()],
         prepare=prepare_trainer)
 
@@ -33,7 +33,7 @@ def fit_on_ray(run: Any, work: Path) -> None:
     with ray_session(ray_cfg.ray):
         trainer = TorchTrainer(
             _worker,
-            train_loop_config={"cfg": OmegaConf.to_container(run.cfg, resolve=True), "work": str(work.resolve())},
+            train_loop_config={"cfg": to_container(run.cfg), "work": str(work.resolve())},
             scaling_config=ScalingConfig(num_workers=ray_cfg.workers, use_gpu=ray_cfg.use_gpu,
                                          resources_per_worker=resources),
             run_config=RunConfig(storage_path=str((work / "ray").resolve()), name="train"))
