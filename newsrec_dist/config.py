@@ -325,6 +325,8 @@ class PLMConfig:
     source: str = "minilm"  # minilm (PyPI-shipped) | hf (``path``: a BERT-class model on clusters)
     path: str | None = None
     trainable_layers: int = 1
+    lora_r: int = 0  # > 0: the top layers stay frozen and train LoRA adapters of this rank instead (PEFT)
+    lora_targets: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
 
 
 @dataclass

@@ -214,3 +214,17 @@ def test_plm_top_layers_on_cached_states_equal_the_full_model(tiny: tuple[Path, 
         ours = news.plm_top.eval()(states[1:5], mask[1:5])
     keep = batch["attention_mask"].bool()
     torch.testing.assert_close(ours[keep], expected[keep], rtol=1e-4, atol=1e-4)
+
+
+def test_plm_lora_trains_only_the_adapters(tiny: tuple[Path, Path]) -> None:
+    prepared, _ = tiny
+    catalog = load_catalog(prepared)
+    cfg = as_object(load_config(["model=plm_nr", "model.news.plm.lora_r=4"]).model)
+    news, _ = news_features(catalog, prepared, cfg, seed=0)
+    trainable = [name for name, p in news.plm_top.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    model = Recommender(cfg, news, UserInputs(rows=2, trained=torch.tensor([False, True])), max_history=5)
+    logits = model(torch.tensor([[1, 2, 0, 0, 0]]), torch.tensor([[3, 4]]), torch.tensor([1]))
+    logits.sum().backward()
+    grads = {name: p.grad for name, p in news.plm_top.named_parameters()}
+    assert all((grads[name] is not None) == ("lora_" in name) for name in grads)

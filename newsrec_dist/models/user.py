@@ -109,7 +109,8 @@ class BSTUser(UserEncoder):
     def __init__(self, dim: int, max_history: int, cfg: UserEncoderConfig, dropout: float) -> None:
         super().__init__()
         self.positions = nn.Embedding(max_history + 1, dim)
-        layer = nn.TransformerEncoderLayer(dim, cfg.heads, 2 * dim, dropout, batch_first=True)
+        nn.init.normal_(self.positions.weight, std=0.02)  # N(0, 1) would drown the news vectors
+        layer = nn.TransformerEncoderLayer(dim, cfg.heads, 2 * dim, dropout, batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.merge = nn.Linear(2 * dim, dim)
 

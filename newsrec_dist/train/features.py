@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from newsrec_dist.config import InterestConfig, ModelConfig, NewsEncoderConfig
+from newsrec_dist.config import InterestConfig, ModelConfig, NewsEncoderConfig, PLMConfig
 from newsrec_dist.data.prepare import read_news_table
 from newsrec_dist.embed.vectors import read_vectors
 from newsrec_dist.encoder.glove import TOKEN, load_glove
@@ -145,6 +145,20 @@ class PLMTop(nn.Module):
         return states
 
 
+def with_lora(top: PLMTop, cfg: PLMConfig) -> PLMTop:
+    """LoRA adapters (PEFT) on the top layers' linear maps; only the adapters train."""
+    if cfg.lora_r <= 0:
+        return top
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import inject_adapter_in_model
+
+    adapted = inject_adapter_in_model(PeftLoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
+                                                     target_modules=list(cfg.lora_targets)), top)
+    for name, parameter in adapted.named_parameters():
+        parameter.requires_grad = "lora_" in name
+    return adapted
+
+
 def plm_features(table: pa.Table, cfg: NewsEncoderConfig, inputs: NewsInputs, progress: ProgressFactory,
                  batch_size: int = 256) -> None:
     """Run the frozen bottom layers once over every news text; keep their states and a copy of the top layers."""
@@ -161,7 +175,7 @@ def plm_features(table: pa.Table, cfg: NewsEncoderConfig, inputs: NewsInputs, pr
     frozen = len(layers) - cfg.plm.trainable_layers
     if not 0 <= frozen <= len(layers):
         raise ValueError(f"news.plm.trainable_layers must be 0..{len(layers)}, got {cfg.plm.trainable_layers}")
-    inputs.plm_top = PLMTop(copy.deepcopy(layers[frozen:]))
+    inputs.plm_top = with_lora(PLMTop(copy.deepcopy(layers[frozen:])), cfg.plm)
     for view in views:
         texts = [text or "" for text in table[view.column].to_pylist()]
         states, masks = [torch.zeros(1, view.length, model.config.hidden_size)], [torch.zeros(1, view.length, dtype=torch.bool)]
