@@ -423,6 +423,8 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | fsdp | deepspeed_stage_2 (GPU) | ...
     precision: str = "32-true"  # bf16-mixed on GPUs
+    # bit-identical reruns and resumes (torch deterministic algorithms); the GPU presets trade it for speed
+    deterministic: bool = True
     threads: int | None = None  # torch CPU threads; None: torch's default
     seed: int = 42
     progress: bool = True

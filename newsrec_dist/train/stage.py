@@ -214,6 +214,7 @@ def fit(run: TrainRun, work: Path, strategy: Any = None, plugins: list[Any] | No
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
         devices="auto" if strategy is not None else cfg.devices,
         num_nodes=cfg.num_nodes, strategy=strategy or cfg.strategy, precision=cfg.precision, plugins=plugins,
+        deterministic=cfg.deterministic,
         callbacks=callbacks, default_root_dir=str(work), logger=CSVLogger(str(work), name="logs"),
         enable_progress_bar=cfg.progress, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
         log_every_n_steps=10)
