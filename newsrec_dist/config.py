@@ -310,7 +310,7 @@ class GenerateConfig:
 class NewsViewConfig:
     """One view of a news item; a news encoder combines its views (``conf/model/*.yaml``)."""
 
-    kind: str = "text"  # text (word embeddings) | plm (pretrained LM) | category | vectors (precomputed)
+    kind: str = "text"  # text (word embeddings) | plm (pretrained LM) | category | vectors (precomputed) | id
     column: str = "title"  # text/plm: a news column (title, abstract, title_enhanced); category: category | subcategory
     length: int = 20  # text/plm: tokens kept
     text_encoder: str = "attention"  # text: attention (NRMS) | cnn (NAML, LSTUR)
@@ -391,6 +391,7 @@ class SamplerConfig:
     popk_count: int = 2  # popk: how many of the ``negatives`` are popular news
     popk_pool: int = 20  # popk: drawn from the N most clicked news before the impression time
     popk_bucket_hours: float = 1.0  # popularity is recounted every this many hours
+    popk_window_hours: float | None = 24.0  # clicks of the last this many hours count (news go stale); None: all
 
 
 @dataclass

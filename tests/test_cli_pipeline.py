@@ -14,7 +14,7 @@ from newsrec_dist.config import ConfigError, load_config
 
 def newsrec(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "newsrec_dist.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=900)
 
 
 def test_config_composes_quickstart_with_typed_overrides() -> None:
@@ -24,7 +24,8 @@ def test_config_composes_quickstart_with_typed_overrides() -> None:
     assert cfg.data.raw_dir == "runs/quickstart/raw/synth-tiny"
     assert cfg.eval.diversity_k == 5
     assert list(cfg.stages) == ["synth", "prepare", "keywords", "graphs", "node2vec", "finetune", "embed", "glove",
-                                "generate", "eval", "report"]
+                                "generate", "train", "eval", "report"]
+    assert list(cfg.train.models) == ["nrms", "lecop", "nrms_genre"]
     with pytest.raises(ConfigError, match="could not be converted to Float"):
         load_config(["data.synth.affinity_weight=strong"])
     with pytest.raises(ConfigError, match="experiment"):
@@ -37,7 +38,8 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
     settings = ["data.synth.scale=tiny", f"paths.work_dir={work}", f"node2vec.ray.temp_dir={ray_dir}",
                 f"encoder.embed.ray.temp_dir={ray_dir}", "encoder.finetune.steps=4", "encoder.finetune.deepspeed=zero0",
                 f"generate.ray.temp_dir={ray_dir}", f"generate.cache_dir={tmp_path / 'llm-cache'}",
-                "generate.task.max_news=2", "generate.task.max_users=1", "generate.task.news_per_user=1"]
+                "generate.task.max_news=2", "generate.task.max_users=1", "generate.task.news_per_user=1",
+                "train.max_steps=6", "train.checkpoint_every_n_steps=3", "train.progress=false"]
     first = newsrec("run", "experiment=quickstart", *settings, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     report = (work / "report.md").read_text()
@@ -53,6 +55,12 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
     assert (work / "generate" / "chain" / "prepared" / "news.parquet").is_file()
     for graph in ("news/w=2", "item_keyword/w=2", "intra_keyword"):
         assert (work / "node2vec" / graph / "embeddings.parquet").is_file()
+    assert "## Recommenders" in report and "GENRE cost per gain" in report
+    for model in ("nrms", "lecop", "nrms_genre"):
+        assert f"| {model} | 6 |" in report and f"| {model} | warm |" in report
+        assert (work / "train" / model / "model.safetensors").is_file(), model
+    coverage = json.loads((work / "train" / "lecop" / "summary.json").read_text())["coverage"]
+    assert {entry["keyed_by"] for entry in coverage.values()} == {"news", "keyword"}
     for name in ("random", "popularity", "category_profile"):
         assert f"| {name} | all |" in report and f"| {name} | new |" in report
     metrics = json.loads((work / "eval" / "metrics.json").read_text())
@@ -64,10 +72,11 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
     parquet = work / "prepared" / "synth-tiny" / "behaviors" / "split=train" / "part-0.parquet"
     embeddings = work / "node2vec" / "news" / "w=2" / "manifest.json"
     generated = work / "generate" / "chain" / "manifest.json"
-    stamps = [path.stat().st_mtime_ns for path in (raw_file, parquet, embeddings, generated)]
+    trained = work / "train" / "lecop" / "manifest.json"
+    stamps = [path.stat().st_mtime_ns for path in (raw_file, parquet, embeddings, generated, trained)]
     second = newsrec("run", "experiment=quickstart", *settings, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert [path.stat().st_mtime_ns for path in (raw_file, parquet, embeddings, generated)] == stamps
+    assert [path.stat().st_mtime_ns for path in (raw_file, parquet, embeddings, generated, trained)] == stamps
     unknown = newsrec("node2vec", "train", "--graph", "news/w=9", *settings, cwd=tmp_path)
     assert unknown.returncode == 2 and "news/w=9" in unknown.stdout
 

@@ -54,12 +54,13 @@ def test_uniform_negatives_come_from_the_impression_and_the_click_comes_first() 
 def test_popular_news_are_the_most_clicked_before_the_bucket() -> None:
     rng = np.random.default_rng(3)
     items, times = rng.integers(0, 40, 3000), rng.integers(0, 20 * 3600, 3000)
-    cfg = SamplerConfig(kind="popk", popk_pool=5, popk_bucket_hours=2.0)
+    cfg = SamplerConfig(kind="popk", popk_pool=5, popk_bucket_hours=2.0, popk_window_hours=6.0)
     popular = PopularNews(ClickCounter(items, times), 40, np.array([0, 20 * 3600]), cfg)
     assert (popular.at(np.array([10])) == -1).all()  # nothing clicked before the first bucket
     for query in (3 * 3600 + 5, 11 * 3600, 19 * 3600):
         bucket_start = (query // 7200) * 7200
-        counts = np.bincount(items[times < bucket_start], minlength=40)
+        recent = (times < bucket_start) & (times >= bucket_start - 6 * 3600)
+        counts = np.bincount(items[recent], minlength=40)
         top = popular.at(np.array([query]))[0]
         assert sorted(counts[top].tolist(), reverse=True) == sorted(counts.tolist(), reverse=True)[:5]
 
@@ -68,7 +69,7 @@ def test_popk_injects_popular_news_but_never_the_clicked_one() -> None:
     impressions = toy_impressions()
     clicks = Clicks.of(impressions)
     counter = ClickCounter(np.array([3, 3, 3, 5, 5, 8]), np.array([0, 0, 0, 0, 0, 0]))
-    cfg = SamplerConfig(kind="popk", popk_count=2, popk_pool=2, popk_bucket_hours=1.0)
+    cfg = SamplerConfig(kind="popk", popk_count=2, popk_pool=2, popk_bucket_hours=1.0, popk_window_hours=None)
     popular = PopularNews(counter, 10, impressions.time, cfg)
     drawn = draw_candidates(impressions, clicks, 4, cfg, popular, np.random.default_rng(1))
     assert not (drawn[:, 1:3] == drawn[:, :1]).any()

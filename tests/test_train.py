@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -120,8 +121,10 @@ def test_genre_titles_and_profiles_feed_the_model(planted: Path, tmp_path: Path)
 
 @pytest.mark.slow
 def test_popk_lowers_the_popularity_of_recommendations(planted: Path, tmp_path: Path) -> None:
-    uniform = train(planted, tmp_path / "uniform")["metrics"]["all"]
-    popk = train(planted, tmp_path / "popk", "train.sampler.kind=popk")["metrics"]["all"]
+    """NRMS with an item-ID view (which can learn popularity): popular negatives push popular news down."""
+    with_ids = ("model.news.views=[{kind: text, column: title}, {kind: id}]", "model.news.combine=sum")
+    uniform = train(planted, tmp_path / "uniform", *with_ids)["metrics"]["all"]
+    popk = train(planted, tmp_path / "popk", *with_ids, "train.sampler.kind=popk")["metrics"]["all"]
     print(f"uniform {uniform['auc']:.4f} / {uniform['mean_popularity@10']:.2f}, "
           f"popk {popk['auc']:.4f} / {popk['mean_popularity@10']:.2f}")
     assert popk["mean_popularity@10"] < 0.95 * uniform["mean_popularity@10"]
@@ -153,8 +156,8 @@ def test_resume_after_kill_equals_uninterrupted_run(planted: Path, tmp_path: Pat
 @pytest.mark.slow
 def test_ray_train_two_workers_match_single_process(planted: Path, tmp_path: Path) -> None:
     single = train(planted, tmp_path / "single")["metrics"]["all"]["auc"]
-    ray_run = train(planted, tmp_path / "ray", "train=ray", f"train.ray.ray.temp_dir={tmp_path / 'ray-tmp'}",
-                    "train.threads=1")
+    ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # socket paths must stay short
+    ray_run = train(planted, tmp_path / "ray", "train=ray", f"train.ray.ray.temp_dir={ray_dir}", "train.threads=1")
     assert ray_run["metrics"]["all"]["auc"] >= MIN_AUC
     assert abs(ray_run["metrics"]["all"]["auc"] - single) < 0.05
     # two workers split each epoch: half the optimizer steps of one process at the same batch size

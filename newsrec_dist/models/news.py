@@ -71,6 +71,18 @@ class CategoryView(nn.Module):
         return self.project(self.embedding(self.ids[rows]))
 
 
+class IdView(nn.Module):
+    """A learned vector per news item (the item-ID feature of CTR models): lets a model learn item popularity."""
+
+    def __init__(self, rows: int, cfg: NewsEncoderConfig) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(rows, cfg.dim, padding_idx=0)
+        nn.init.normal_(self.embedding.weight, std=0.01)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.embedding(rows)
+
+
 class VectorsView(nn.Module):
     """Precomputed vectors (LLM, Node2Vec, GloVe), each through its own linear projection, summed (LECOP)."""
 
@@ -116,7 +128,9 @@ class NewsEncoder(nn.Module):
             return CategoryView(inputs.categories[view.column], cfg)
         if view.kind == "vectors":
             return VectorsView([inputs.vectors[source] for source in view.sources], cfg)
-        raise ValueError(f"news view kind must be text, plm, category or vectors, got {view.kind!r}")
+        if view.kind == "id":
+            return IdView(inputs.rows, cfg)
+        raise ValueError(f"news view kind must be text, plm, category, vectors or id, got {view.kind!r}")
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         outputs = [view(rows) for view in self.views]

@@ -2,7 +2,7 @@
 
 Negatives come from the clicked impression's non-clicked candidates (uniform, with replacement when it shows
 fewer than k), and with **POPK** ``popk_count`` of them are news drawn from the ``popk_pool`` most clicked news
-before the impression's time. Batches are gathered from flat arrays by index (no per-sample Python).
+in the ``popk_window_hours`` before the impression's time. Batches are gathered from flat arrays by index (no per-sample Python).
 """
 
 from __future__ import annotations
@@ -54,17 +54,23 @@ class Clicks:
 
 
 class PopularNews:
-    """The ``pool`` most clicked news before each ``bucket_hours`` boundary (POPK's negatives)."""
+    """The ``pool`` most clicked news in the ``window_hours`` before each ``bucket_hours`` boundary (POPK)."""
 
     def __init__(self, clicks: ClickCounter, news_count: int, times: np.ndarray, cfg: SamplerConfig) -> None:
         self.bucket = cfg.popk_bucket_hours * HOUR
         self.start = float(times.min(initial=0))
         boundaries = self.start + self.bucket * np.arange(int((times.max(initial=0) - self.start) // self.bucket) + 1)
         items, pool = np.arange(news_count), min(cfg.popk_pool, news_count)
-        counts = np.stack([clicks.before(items, np.full(news_count, int(b))) for b in boundaries])
+        window = cfg.popk_window_hours * HOUR if cfg.popk_window_hours else None
+        counts = np.stack([self._recent(clicks, items, b, window) for b in boundaries])
         top = np.argpartition(-counts, pool - 1, axis=1)[:, :pool]
         # news without any click yet are not popular: -1 marks an empty slot of the pool
         self.top = np.where(np.take_along_axis(counts, top, axis=1) > 0, top, -1)
+
+    @staticmethod
+    def _recent(clicks: ClickCounter, items: np.ndarray, boundary: float, window: float | None) -> np.ndarray:
+        now = clicks.before(items, np.full(len(items), int(boundary)))
+        return now if window is None else now - clicks.before(items, np.full(len(items), int(boundary - window)))
 
     def at(self, times: np.ndarray) -> np.ndarray:
         """[len(times), pool] most clicked news strictly before each time's bucket start (-1: none)."""
