@@ -23,7 +23,7 @@ class NewsInputs:
 
 @dataclass
 class UserInputs:
-    """Row-indexed user features (row 0: users unseen in training)."""
+    """Row-indexed user features (row 0: users outside the run's vocabulary of train and eval users)."""
 
     rows: int
     trained: torch.Tensor | None = None  # [rows] bool: the user has training impressions (LSTUR's long-term vector)

@@ -204,7 +204,9 @@ def news_features(catalog: NewsCatalog, prepared_dir: Path, cfg: ModelConfig, se
     return inputs, coverage
 
 
-def _terms(lists: list[list[str] | None], vocabulary: dict[str, int], width: int) -> np.ndarray:
+def _term_ids(lists: list[list[str] | None], width: int) -> np.ndarray:
+    """[len(lists), width] ids of lower-cased terms (0 pads; ids in order of first appearance)."""
+    vocabulary: dict[str, int] = {}
     out = np.zeros((len(lists), width), dtype=np.int64)
     for row, terms in enumerate(lists):
         ids = [vocabulary.setdefault(term.strip().lower(), len(vocabulary) + 1) for term in (terms or [])][:width]
@@ -219,9 +221,12 @@ def user_features(user_ids: list[str], trained: np.ndarray, cfg: InterestConfig)
         return users, {}
     profiles = pq.read_table(cfg.profiles_path, columns=["user_id", "topics", "regions"])
     position = pc.index_in(pa.array(user_ids, pa.string()), value_set=profiles["user_id"]).to_pylist()
-    topics, regions = profiles["topics"].to_pylist(), profiles["regions"].to_pylist()
-    topic_ids, region_ids = _terms([None] + [topics[i] if i is not None else None for i in position], {}, cfg.max_topics), \
-        _terms([None] + [regions[i] if i is not None else None for i in position], {}, cfg.max_regions)
-    users.topics, users.regions = torch.from_numpy(topic_ids), torch.from_numpy(region_ids)
+
+    def per_row(column: str) -> list[list[str] | None]:
+        values = profiles[column].to_pylist()
+        return [None] + [values[index] if index is not None else None for index in position]
+
+    users.topics = torch.from_numpy(_term_ids(per_row("topics"), cfg.max_topics))
+    users.regions = torch.from_numpy(_term_ids(per_row("regions"), cfg.max_regions))
     found = sum(index is not None for index in position)
     return users, {"profiles": {"found": found, "missing": len(user_ids) - found}}
