@@ -153,17 +153,6 @@ def test_resume_after_kill_equals_uninterrupted_run(planted: Path, tmp_path: Pat
     assert first["steps"] == second["steps"] and first["metrics"] == second["metrics"]
 
 
-@pytest.mark.slow
-def test_ray_train_two_workers_match_single_process(planted: Path, tmp_path: Path) -> None:
-    single = train(planted, tmp_path / "single")["metrics"]["all"]["auc"]
-    ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # socket paths must stay short
-    ray_run = train(planted, tmp_path / "ray", "train=ray", f"train.ray.ray.temp_dir={ray_dir}", "train.threads=1")
-    assert ray_run["metrics"]["all"]["auc"] >= MIN_AUC
-    assert abs(ray_run["metrics"]["all"]["auc"] - single) < 0.05
-    # two workers split each epoch: half the optimizer steps of one process at the same batch size
-    assert ray_run["steps"] * 2 == pytest.approx(train(planted, tmp_path / "single")["steps"], abs=2)
-
-
 def test_finished_run_is_reused_and_bad_settings_fail_clearly(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     prepared, _ = tiny
     first = train(prepared, tmp_path / "t", "train.epochs=1")
@@ -177,3 +166,18 @@ def test_finished_run_is_reused_and_bad_settings_fail_clearly(tiny: tuple[Path, 
     result = subprocess.run([sys.executable, "-m", "newsrec_dist.cli", "train", "train.epochs=many"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "train.epochs" in result.stdout
+
+
+# Last in the file: a SIGTERM that Ray's shutdown leaves for Lightning's handler in this process ended the next
+# in-process training once (SystemExit 15); see the session note.
+@pytest.mark.slow
+def test_ray_train_two_workers_match_single_process(planted: Path, tmp_path: Path) -> None:
+    single = train(planted, tmp_path / "single")["metrics"]["all"]["auc"]
+    ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # socket paths must stay short
+    ray_run = train(planted, tmp_path / "ray", "train=ray", f"train.ray.ray.temp_dir={ray_dir}", "train.threads=1")
+    assert ray_run["metrics"]["all"]["auc"] >= MIN_AUC
+    assert abs(ray_run["metrics"]["all"]["auc"] - single) < 0.05
+    # two workers split each epoch: half the optimizer steps of one process at the same batch size (each
+    # epoch drops its last partial batch, so one process may take one more step per epoch)
+    steps = train(planted, tmp_path / "single")["steps"]
+    assert 0 <= steps - 2 * ray_run["steps"] <= 3
