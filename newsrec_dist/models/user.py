@@ -16,11 +16,9 @@ from newsrec_dist.models.layers import AdditiveAttention, SelfAttention, masked_
 
 
 class UserEncoder(nn.Module):
-    target_aware = False
+    """Base of the user encoders: ``forward(history, mask, candidates, users)``; ``target_aware`` ones use candidates."""
 
-    def forward(self, history: torch.Tensor, mask: torch.Tensor, candidates: torch.Tensor,
-                users: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    target_aware = False
 
 
 class NRMSUser(UserEncoder):
