@@ -60,12 +60,19 @@ def _adapter_tensors(work: Path) -> dict[str, torch.Tensor]:
     return load_file(str(work / "encoder" / "tiny-glm4" / ADAPTER_DIR / "adapter_model.safetensors"))
 
 
+def _latest_step(checkpoint_dir: Path) -> int:
+    latest = checkpoint_dir / "latest"
+    text = latest.read_text().strip() if latest.is_file() else ""
+    return int(text.removeprefix("step-")) if text.startswith("step-") else -1
+
+
 def test_tiny_glm4_with_deepspeed_resumes_after_kill(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     prepared, _ = tiny
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     checkpoints = killed / "encoder" / ".partial-tiny-glm4" / "deepspeed"
-    kill_when(_finetune_command(killed, prepared), lambda: (checkpoints / "step-4").is_dir(), env=env)
+    # DeepSpeed creates the tag's folder before writing it and names it in ``latest`` only when done.
+    kill_when(_finetune_command(killed, prepared), lambda: _latest_step(checkpoints) >= 4, env=env)
     resumed = subprocess.run(_finetune_command(killed, prepared), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     fresh = subprocess.run(_finetune_command(straight, prepared), env=env, capture_output=True, text=True)
