@@ -10,7 +10,7 @@ export RAY_AUTH_MODE ?= disabled
 # DeepSpeed ships as an sdist: build no C++/CUDA ops at install (they JIT-compile when first used).
 export DS_BUILD_OPS ?= 0
 
-.PHONY: demo test bootstrap
+.PHONY: demo test bootstrap slurm
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -24,9 +24,16 @@ $(STAMP): pyproject.toml
 
 bootstrap: $(STAMP)
 
+# The submission tests start a real single-node Slurm (tests/local_clusters.py): Debian's slurm-wlm + munge.
+slurm:
+	@if command -v slurmctld >/dev/null && command -v munged >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else \
+	  echo "error: Slurm is missing and installing it needs root: apt-get install slurm-wlm munge"; exit 1; fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq slurm-wlm munge >/dev/null
+
 demo: $(STAMP)
 	$(BIN)/newsrec run experiment=quickstart
 
-test: $(STAMP)
+test: $(STAMP) slurm
 	# pytest exits 5 when it collects no tests, so an empty run fails loudly.
 	$(BIN)/python -m pytest tests

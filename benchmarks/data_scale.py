@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from measure import append_csv, append_section  # benchmarks/measure.py
+from newsrec_dist.measure import append_csv, append_section
 
 NEWSREC = [sys.executable, "-m", "newsrec_dist.cli"]
 

@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from measure import append_csv, append_section, measured  # benchmarks/measure.py
+from newsrec_dist.measure import append_csv, append_section, measured
 
 
 def run_variant(args: argparse.Namespace, encoder: str, zero: str) -> dict:
@@ -29,7 +29,8 @@ def run_variant(args: argparse.Namespace, encoder: str, zero: str) -> dict:
                f"encoder.finetune.steps={args.steps}", f"encoder.finetune.batch_size={args.batch_size}",
                f"encoder.finetune.chunk_size={args.chunk_size}", f"encoder.finetune.deepspeed={zero}",
                f"encoder.finetune.checkpoint_every={args.steps}", "encoder.finetune.eval_max_items=200"]
-    wall, rss, _ = measured(command)
+    run = measured(command)
+    wall, rss = run.wall_s, run.peak_rss_mib
     summary = json.loads(next((work / "encoder").glob("*/summary.json")).read_text())
     return {"encoder": encoder, "zero": zero, "steps": args.steps, "batch": args.batch_size, "chunk": args.chunk_size,
             "pairs_per_s": round(summary["pairs_per_second"], 1), "tokens_per_s": round(summary["tokens_per_second"]),

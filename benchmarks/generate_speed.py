@@ -26,7 +26,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from measure import append_csv, append_section, measured  # benchmarks/measure.py
+from newsrec_dist.measure import append_csv, append_section, measured
 
 
 def run_variant(args: argparse.Namespace, name: str, backend: str, batch: int, cache: Path) -> dict:
@@ -38,7 +38,8 @@ def run_variant(args: argparse.Namespace, name: str, backend: str, batch: int, c
                 f"generate.ray.temp_dir={args.workdir / 'ray'}"]
     command = [sys.executable, "-m", "newsrec_dist.cli", "generate", args.task, "--quiet",
                *[part for setting in settings for part in ("-s", setting)]]
-    wall, rss, _ = measured(command)
+    run = measured(command)
+    wall, rss = run.wall_s, run.peak_rss_mib
     cost = json.loads((work / "generate" / args.task / "cost.json").read_text())
     generated = cost["completion_tokens"]
     return {"variant": name, "backend": backend, "batch": batch, "rows": args.rows, "ok": cost["ok"],

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from measure import append_csv, append_section, measured  # benchmarks/measure.py
+from newsrec_dist.measure import append_csv, append_section, measured
 
 NEWSREC = [sys.executable, "-m", "newsrec_dist.cli"]
 
@@ -72,7 +72,8 @@ def compute_spark(prepared: Path, keywords: Path, windows: list[int], driver_mem
 def run_part(args: argparse.Namespace, engine: str) -> dict:
     command = [sys.executable, __file__, "--engine", engine, "--prepared", str(args.prepared), "--workdir",
                str(args.workdir), "--windows", args.windows, "--driver-memory", args.driver_memory]
-    wall, rss, stdout = measured(command)
+    run = measured(command)
+    wall, rss, stdout = run.wall_s, run.peak_rss_mib, run.stdout
     return {**json.loads(stdout.strip().splitlines()[-1]), "wall_s": wall, "peak_rss_mib": rss}
 
 
@@ -80,7 +81,8 @@ def run_stage(args: argparse.Namespace) -> dict:
     overrides = [f"data.prepared_dir={args.prepared}", f"graphs.keywords_path={args.workdir / 'keywords'}",
                  f"graphs.output_dir={args.workdir / 'graphs'}", f"graphs.windows=[{args.windows}]",
                  f"graphs.spark.conf={{spark.driver.memory:{args.driver_memory}}}"]
-    wall, rss, _ = measured([*NEWSREC, "graphs", "build", *overrides])
+    run = measured([*NEWSREC, "graphs", "build", *overrides])
+    wall, rss = run.wall_s, run.peak_rss_mib
     manifest = json.loads((args.workdir / "graphs" / "manifest.json").read_text())
     return {"wall_s": wall, "peak_rss_mib": rss, "edges": manifest["rows"]}
 

@@ -30,7 +30,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from measure import append_csv, append_section  # benchmarks/measure.py
+from newsrec_dist.measure import append_csv, append_section
 
 VARIANTS = ("walks-only", "pyg-example", "ours", "ours-workers1")
 

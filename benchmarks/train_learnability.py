@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from measure import append_csv, append_section  # benchmarks/measure.py
+from newsrec_dist.measure import append_csv, append_section
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_train import LEARNERS, lecop_overrides, make_planted, train  # noqa: E402  (the tests' data, settings)

@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from measure import append_csv, append_section, measured  # benchmarks/measure.py
+from newsrec_dist.measure import append_csv, append_section, measured
 
 COLUMNS = ("model", "steps", "batch", "train_samples_per_s", "eval_impressions", "eval_impressions_per_s",
            "dev_auc", "parameters", "wall_s", "peak_rss_mib")
@@ -31,7 +31,8 @@ def run_model(args: argparse.Namespace, model: str) -> dict:
                f"data.prepared_dir={args.prepared}", f"paths.work_dir={work}", f"train.output_dir={work}",
                f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", f"train.threads={args.threads}",
                f"train.checkpoint_every_n_steps={args.steps}"]
-    wall, rss, _ = measured(command)
+    run = measured(command)
+    wall, rss = run.wall_s, run.peak_rss_mib
     summary = json.loads((work / model / "summary.json").read_text())
     return {"model": model, "steps": summary["steps"], "batch": args.batch_size,
             "train_samples_per_s": round(summary["epochs"][-1]["samples_per_second"], 1),

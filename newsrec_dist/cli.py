@@ -314,6 +314,101 @@ def run(overrides: Overrides = None) -> None:
         console.print(f"report: {state.outputs['report']}")
 
 
+Arguments = Annotated[Optional[list[str]], typer.Argument(help="the stage's arguments: key=value overrides, tasks")]
+JobId = Annotated[str, typer.Argument(help="job id printed by `newsrec submit`")]
+
+
+@app.command("submit")
+def submit(
+    stage: Annotated[str, typer.Argument(help="synth | prepare | graphs | node2vec | finetune | embed | glove | "
+                                               "generate | train | eval | pipeline")],
+    arguments: Arguments = None,
+    cluster: Annotated[Optional[str], typer.Option(help="local | slurm | ray (the cluster config group)")] = None,
+    wait: bool = typer.Option(False, help="wait for the job to finish, print its log, exit non-zero unless it succeeded"),
+    timeout: Annotated[Optional[float], typer.Option(help="with --wait: give up after this many seconds")] = None,
+) -> None:
+    """Submit a stage (or the whole pipeline) to this machine, Slurm or Ray; cluster.* settings shape the job."""
+    from newsrec_dist.cluster.slurm import SlurmError
+    from newsrec_dist.cluster.submit import config_overrides, job_logs, submit_stage, wait_for
+
+    arguments = list(arguments or [])
+    chosen = [f"cluster={cluster}"] if cluster else []
+    cfg = _compose(chosen + config_overrides(arguments))
+    try:
+        record = submit_stage(cfg, stage, chosen + arguments)
+    except (ConfigError, SlurmError, RuntimeError) as error:
+        _fail(error)
+    console.print(f"submitted {record.id} ({record.cluster} {record.native_id})")
+    if wait:
+        state = wait_for(record, timeout)
+        console.print(job_logs(record)[-6000:], markup=False, highlight=False)
+        console.print(f"{record.id}: {state}")
+        if state != "SUCCEEDED":
+            raise typer.Exit(code=1)
+
+
+def _job(job_id: str, overrides: list[str] | None):  # noqa: ANN202 - a JobRecord
+    from newsrec_dist.cluster.jobs import JobNotFound
+    from newsrec_dist.cluster.submit import find_job
+
+    try:
+        return find_job(_compose(overrides), job_id)
+    except JobNotFound as error:
+        _fail(error)
+
+
+@app.command("status")
+def status(job_id: Annotated[Optional[str], typer.Argument(help="a job id; none: every job")] = None,
+           overrides: Overrides = None) -> None:
+    """State of one submitted job, or of all of them (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)."""
+    from newsrec_dist.cluster.jobs import list_records
+    from newsrec_dist.cluster.submit import job_status, jobs_dir
+
+    records = [_job(job_id, overrides)] if job_id else list_records(jobs_dir(_compose(overrides)))
+    for record in records:
+        console.print(f"{record.id}\t{record.cluster}\t{record.native_id}\t{job_status(record)}", markup=False)
+
+
+@app.command("logs")
+def logs(job_id: JobId, overrides: Overrides = None,
+         tail: Annotated[int, typer.Option(help="last N characters; 0: all")] = 0) -> None:
+    """A submitted job's log (the log file, or the Ray cluster's job log)."""
+    from newsrec_dist.cluster.submit import job_logs
+
+    text = job_logs(_job(job_id, overrides))
+    console.print(text[-tail:] if tail else text, markup=False, highlight=False, end="")
+
+
+@app.command("cancel")
+def cancel(job_id: JobId, overrides: Overrides = None) -> None:
+    """Cancel a submitted job (scancel, Ray stop_job, or SIGTERM to the local process group)."""
+    from newsrec_dist.cluster.submit import cancel_job
+
+    cancel_job(_job(job_id, overrides))
+    console.print(f"cancelled {job_id}")
+
+
+@app.command("bench")
+def bench(
+    stage: Annotated[str, typer.Argument(help="train | node2vec | generate")],
+    overrides: Overrides = None,
+    workers: Annotated[str, typer.Option(help="comma-separated worker counts, e.g. 1,2,4")] = "1,2",
+    out: Annotated[Path, typer.Option(help="report path without suffix (.csv, .png, .md)")] = Path("benchmarks/scaling"),
+    work_root: Annotated[Optional[Path], typer.Option(help="where the runs write (default: <out>-runs)")] = None,
+) -> None:
+    """Run a stage at several worker counts; throughput, memory, GPU use, scaling efficiency → CSV, PNG, Markdown."""
+    from newsrec_dist.cluster.bench import bench as run_bench
+
+    try:
+        counts = [int(count) for count in workers.split(",")]
+        rows = run_bench(stage, counts, list(overrides or []), out, work_root or out.with_name(out.name + "-runs"),
+                         progress=lambda line: console.print(line, markup=False, highlight=False))
+    except (ValueError, RuntimeError) as error:
+        _fail(error)
+    console.print(f"efficiency at {rows[-1]['workers']} workers: {rows[-1]['efficiency']:.2f}; "
+                  f"wrote {out.with_suffix('.md')}")
+
+
 def main() -> None:
     app()
 

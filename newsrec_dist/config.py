@@ -434,6 +434,50 @@ class TrainConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """One sbatch allocation: ``tasks`` per node follow GPUs (one rank each) unless a stage runs one task."""
+
+    partition: str | None = None  # None: the cluster's default partition
+    account: str | None = None
+    qos: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem: str = "8G"  # per node, sbatch syntax (M/G/T)
+    time: str = "01:00:00"
+    requeue: bool = True  # preempted or requeued jobs rerun and resume from their checkpoints
+    # Lines run before the stage on every node: module loads, environment activation.
+    setup: list[str] = field(default_factory=lambda: ["source .venv/bin/activate"])
+    sbatch_options: list[str] = field(default_factory=list)  # extra ``#SBATCH`` lines, e.g. "--constraint=a100"
+    spark: str = "standalone"  # graph stage: standalone (a Spark cluster in the allocation) | a spark:// URL
+    ray_port: int = 6379
+    master_port: int = 29500  # torchrun/DeepSpeed rendezvous
+
+
+@dataclass
+class RayJobsConfig:
+    """Ray Jobs API: the entrypoint runs on the cluster in a copy of ``working_dir`` with ``env_vars`` set."""
+
+    address: str = "http://127.0.0.1:8265"  # the cluster's dashboard (Jobs API) address
+    working_dir: str | None = "."  # uploaded to the cluster; None: the cluster's image already has the project
+    excludes: list[str] = field(default_factory=lambda: [".venv", "runs", ".git", "**/__pycache__", "*.gguf"])
+    env_vars: dict[str, str] = field(default_factory=dict)
+    pip: list[str] = field(default_factory=list)  # extra packages the job installs (runtime_env pip)
+    entrypoint_num_cpus: float = 0
+    entrypoint_num_gpus: float = 0
+
+
+@dataclass
+class ClusterConfig:
+    """Where ``newsrec submit`` sends a stage: this machine, a Slurm cluster or a Ray cluster."""
+
+    kind: str = "local"  # local | slurm | ray
+    jobs_dir: str = "runs/jobs"  # job records and logs (shared storage on a cluster)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    ray: RayJobsConfig = field(default_factory=RayJobsConfig)
+
+
+@dataclass
 class PathsConfig:
     work_dir: str = "runs/${experiment_name}"
 
@@ -451,6 +495,7 @@ class RootConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     stages: list[str] = field(default_factory=list)
 
 
@@ -465,6 +510,7 @@ def _register_schemas() -> None:
     store.store(group="generate", name="generate_schema", node=GenerateConfig)
     store.store(group="model", name="model_schema", node=ModelConfig)
     store.store(group="train", name="train_schema", node=TrainConfig)
+    store.store(group="cluster", name="cluster_schema", node=ClusterConfig)
 
 
 def conf_dir() -> Path:

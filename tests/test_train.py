@@ -151,6 +151,8 @@ def test_resume_after_kill_equals_uninterrupted_run(planted: Path, tmp_path: Pat
     assert all((resumed[key] == straight[key]).all() for key in resumed)
     first, second = (json.loads((tmp_path / run / "lstur" / "summary.json").read_text()) for run in ("killed", "straight"))
     assert first["steps"] == second["steps"] and first["metrics"] == second["metrics"]
+    assert len(first["resumed_from"]) == 1 and second["resumed_from"] == []
+    assert int(first["resumed_from"][0].split("step=")[1].removesuffix(".ckpt")) >= 14  # not from scratch
 
 
 def test_finished_run_is_reused_and_bad_settings_fail_clearly(tiny: tuple[Path, Path], tmp_path: Path) -> None:

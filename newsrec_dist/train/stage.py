@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from newsrec_dist.train.scoring import score_split
 CHECKPOINTS = "checkpoints"
 BEST = "best"
 EPOCHS_FILE = "epochs.json"
+RESUMES_FILE = "resumed_from.txt"  # one line per resumed fit: the checkpoint it continued from
 RANKING_KEYS = ("auc", "mrr", "ndcg@5", "ndcg@10")
 # settings that change how fast or where a run goes, not what it computes
 RUNTIME_KEYS = ("models", "progress", "threads", "output_dir", "eval_batch_impressions", "ray")
@@ -220,9 +222,18 @@ def fit(run: TrainRun, work: Path, strategy: Any = None, plugins: list[Any] | No
         log_every_n_steps=10)
     if prepare is not None:
         trainer = prepare(trainer)
-    trainer.fit(module, datamodule=ImpressionDataModule(run, data), ckpt_path=newest_checkpoint(checkpoints),
-                weights_only=True)
+    resume = newest_checkpoint(checkpoints)
+    if resume is not None and trainer.is_global_zero:
+        print(f"resuming from checkpoint {resume.name}", file=sys.stderr, flush=True)
+        with open(work / RESUMES_FILE, "a") as record:
+            record.write(resume.name + "\n")
+    trainer.fit(module, datamodule=ImpressionDataModule(run, data), ckpt_path=resume, weights_only=True)
     return trainer
+
+
+def _resumes(work: Path) -> list[str]:
+    path = work / RESUMES_FILE
+    return path.read_text().split() if path.is_file() else []
 
 
 def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_progress) -> dict[str, Any]:
@@ -245,7 +256,7 @@ def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_pro
     save_model(model.cpu(), str(work.path / "model.safetensors"))
     last = torch.load(newest_checkpoint(checkpoints), map_location="cpu", weights_only=True)
     summary = {"model": run.model.name, "checkpoint": chosen.name, "best_epoch": int(checkpoint["epoch"]),
-               "steps": int(last["global_step"]),
+               "steps": int(last["global_step"]), "resumed_from": _resumes(work.path),
                "epochs": json.loads((work.path / EPOCHS_FILE).read_text()), "coverage": data.features.coverage,
                "parameters": sum(p.numel() for p in model.parameters()),
                "eval_impressions": data.dev.impressions.size,
@@ -268,6 +279,8 @@ def train_model(cfg: DictConfig, progress: ProgressFactory = no_progress) -> dic
     if existing is not None and existing.get("fingerprint") == run.fingerprint:
         return dict(existing["extra"])
     work = ResumableDir(run.final, run.fingerprint)
+    if not work.state:  # record the fingerprint now: a re-run after a kill keeps the checkpoints and resumes
+        work.save({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     if run.train.ray.enabled:
         from newsrec_dist.train.ray_train import fit_on_ray
 

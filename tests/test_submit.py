@@ -1,0 +1,171 @@
+"""`newsrec submit` against real clusters on this machine: a single-node Slurm (slurmctld + slurmd + munged) and a
+two-node Ray cluster (Jobs API), plus the local backend; bad requests fail before submission, a requeued Slurm
+job resumes from its checkpoints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from local_clusters import LocalRay, LocalSlurm, local_ray_cluster, local_slurm, wait_until
+from test_train import make_planted
+from test_train import overrides as train_overrides
+
+from newsrec_dist.cluster.jobs import CANCELLED, RUNNING, SUCCEEDED, list_records
+from newsrec_dist.cluster.submit import cancel_job, job_logs, job_status, submit_stage, wait_for
+from newsrec_dist.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SLURM_JOB = ["cluster=slurm", "cluster.slurm.cpus_per_task=2", "cluster.slurm.mem=6G", "cluster.slurm.time=00:30:00"]
+NODE2VEC = ["node2vec.graphs=[news/w=2]", "node2vec.embedding_dim=16", "node2vec.walk_length=8",
+            "node2vec.context_size=4", "node2vec.walks_per_node=2", "node2vec.epochs=1", "node2vec.task_cpus=1"]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[LocalSlurm]:
+    with local_slurm(tmp_path_factory.mktemp("slurm")) as cluster:
+        monkeypatch_module.setenv("SLURM_CONF", str(cluster.conf))  # sbatch/scontrol in this process find it
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def _submit(stage: str, tmp_path: Path, *arguments: str):  # noqa: ANN202 - a JobRecord
+    arguments = (f"cluster.jobs_dir={tmp_path / 'jobs'}", *arguments)
+    cfg = load_config([a for a in arguments if "=" in a])
+    return submit_stage(cfg, stage, list(arguments), workdir=ROOT)
+
+
+def _queue(slurm: LocalSlurm) -> str:
+    return subprocess.run(["squeue", "-h"], env=slurm.env, capture_output=True, text=True, check=True).stdout
+
+
+def slurm_state(slurm: LocalSlurm, job_id: str) -> str:
+    shown = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=slurm.env, capture_output=True, text=True)
+    return next((token.split("=", 1)[1] for token in shown.stdout.split() if token.startswith("JobState=")), "")
+
+
+def test_slurm_rejects_impossible_requests_before_submission(slurm: LocalSlurm, tmp_path: Path) -> None:
+    for bad, message in (("cluster.slurm.partition=gpu", r"partition 'gpu' does not exist \(partitions: debug\)"),
+                         ("cluster.slurm.cpus_per_task=64", r"largest: 2 CPUs"),
+                         ("cluster.slurm.mem=64G", r"64G memory"),
+                         ("cluster.slurm.gpus_per_node=1", r"1 GPUs requested"),
+                         ("cluster.slurm.nodes=2", r"2 node\(s\)"),
+                         ("cluster.slurm.time=03:00:00", r"exceeds partition 'debug'.s MaxTime 02:00:00"),
+                         ("cluster.slurm.mem=lots", r"cluster.slurm.mem")):
+        with pytest.raises(ConfigError, match=message):
+            _submit("synth", tmp_path, *SLURM_JOB, bad)
+    with pytest.raises(ConfigError, match="unknown stage 'trian'"):
+        _submit("trian", tmp_path, *SLURM_JOB)
+    assert _queue(slurm) == "" and list_records(tmp_path / "jobs") == []
+
+
+def test_slurm_job_requeued_mid_training_resumes_from_its_checkpoint(slurm: LocalSlurm, tmp_path: Path) -> None:
+    prepared = make_planted(tmp_path / "planted")
+    settings = train_overrides(prepared, tmp_path / "train", "model=lstur", "train.epochs=2",
+                               "train.checkpoint_every_n_steps=7")
+    record = _submit("train", tmp_path, *SLURM_JOB, *settings)
+    checkpoints = tmp_path / "train" / ".partial-lstur" / "checkpoints"
+    wait_until(lambda: any("step=14" in path.name for path in checkpoints.glob("*.ckpt")), 600, "checkpoint",
+               Path(record.log))
+    subprocess.run(["scontrol", "requeue", record.native_id], env=slurm.env, check=True)  # as preemption does
+    # Slurm defers a requeued job's start (about 2 min): once it is pending again, make it eligible now
+    wait_until(lambda: slurm_state(slurm, record.native_id) == "PENDING", 60, "requeued job")
+    subprocess.run(["scontrol", "update", f"JobId={record.native_id}", "StartTime=now"], env=slurm.env, check=True)
+    assert wait_for(record, timeout=600) == SUCCEEDED, job_logs(record)[-4000:]
+    log = job_logs(record)
+    assert f"job {record.native_id} run 1 " in log and f"job {record.native_id} run 2 " in log, log[-4000:]
+    summary = json.loads((tmp_path / "train" / "lstur" / "summary.json").read_text())
+    assert len(summary["resumed_from"]) == 1 and "resuming from checkpoint" in log.split(" run 2 ")[1]
+    assert int(summary["resumed_from"][0].split("step=")[1].removesuffix(".ckpt")) >= 14
+    straight = tmp_path / "straight"
+    subprocess.run([sys.executable, "-m", "newsrec_dist.cli", "train", "--quiet",  # the same training, uninterrupted
+                    *train_overrides(prepared, straight, "model=lstur", "train.epochs=2",
+                                     "train.checkpoint_every_n_steps=7")], capture_output=True, check=True)
+    reference = json.loads((straight / "lstur" / "summary.json").read_text())
+    assert summary["steps"] == reference["steps"] and summary["metrics"] == reference["metrics"]
+
+
+def test_slurm_starts_spark_and_ray_inside_the_allocation(slurm: LocalSlurm, tiny: tuple[Path, Path],
+                                                          tmp_path: Path) -> None:
+    prepared, _ = tiny
+    work = tmp_path / "work"
+    graphs = _submit("graphs", tmp_path, *SLURM_JOB, f"paths.work_dir={work}", f"data.prepared_dir={prepared}",
+                     "graphs.windows=[2]", "graphs.spark.conf.spark.sql.shuffle.partitions=4",
+                     "graphs.spark.conf.spark.driver.memory=1g")
+    assert "graphs.spark.master=\"$SPARK_MASTER\"" in graphs.command
+    assert wait_for(graphs, timeout=600) == SUCCEEDED, job_logs(graphs)[-4000:]
+    node2vec = _submit("node2vec", tmp_path, *SLURM_JOB, f"paths.work_dir={work}", *NODE2VEC)
+    assert wait_for(node2vec, timeout=600) == SUCCEEDED, job_logs(node2vec)[-4000:]
+    assert "node2vec.ray.address=auto" in node2vec.command
+    assert (work / "node2vec" / "news" / "w=2").is_dir()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[LocalRay]:
+    with local_ray_cluster() as cluster:
+        yield cluster
+
+
+def test_ray_jobs_run_a_stage_on_a_two_node_cluster_and_cancel(ray_cluster: LocalRay, tiny_graphs: Path,
+                                                               tmp_path: Path) -> None:
+    ray_job = ["cluster=ray", f"cluster.ray.address={ray_cluster.address}"]
+    with pytest.raises(ConfigError, match="paths.work_dir=runs/"):
+        _submit("node2vec", tmp_path, *ray_job)
+    record = _submit("node2vec", tmp_path, *ray_job, f"paths.work_dir={tmp_path / 'work'}",
+                     f"node2vec.graphs_dir={tiny_graphs}", "node2vec.ray.address=auto", *NODE2VEC)
+    assert wait_for(record, timeout=600) == SUCCEEDED, job_logs(record)[-4000:]
+    assert (tmp_path / "work" / "node2vec" / "news" / "w=2").is_dir()
+    slow = _submit("synth", tmp_path, *ray_job, f"paths.work_dir={tmp_path / 'slow'}", "data.synth.scale=mind-small")
+    wait_until(lambda: job_status(slow) == RUNNING, 120, "ray job")
+    cancel_job(slow)
+    assert wait_for(slow, timeout=120) == CANCELLED
+
+
+def test_local_backend_status_logs_and_cancel_from_the_cli(tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "newsrec_dist.cli"]
+    jobs = f"cluster.jobs_dir={tmp_path / 'jobs'}"
+    done = subprocess.run([*cli, "submit", "--wait", "--timeout", "300", "synth", jobs, "data.synth.scale=tiny",
+                           f"data.raw_dir={tmp_path / 'raw'}"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "raw" / "train" / "behaviors.tsv").is_file() and "SUCCEEDED" in done.stdout
+    started = subprocess.run([*cli, "submit", "synth", jobs, "data.synth.scale=mind-small",
+                              f"data.raw_dir={tmp_path / 'big'}"], capture_output=True, text=True, cwd=ROOT, check=True)
+    job_id = started.stdout.split()[1]
+    time.sleep(2)
+    assert subprocess.run([*cli, "cancel", job_id, jobs], cwd=ROOT, capture_output=True).returncode == 0
+    status = subprocess.run([*cli, "status", job_id, jobs], capture_output=True, text=True, cwd=ROOT).stdout
+    assert CANCELLED in status and job_id in status
+    missing = subprocess.run([*cli, "logs", "synth-19990101-000000-beef", jobs], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no job 'synth-19990101-000000-beef'" in missing.stdout
+
+
+def test_bench_train_one_vs_two_ray_workers_writes_csv_png_markdown(tmp_path: Path) -> None:
+    prepared = make_planted(tmp_path / "planted")
+    out = tmp_path / "report" / "scaling_train"
+    cli = [sys.executable, "-m", "newsrec_dist.cli", "bench"]
+    settings = [f"data.prepared_dir={prepared}", "train.epochs=1", "train.max_steps=12", "train.batch_size=32",
+                "train.progress=false", "train.eval_batch_impressions=256", "model.news.dim=32",
+                "model.news.heads=2", "model.user.heads=2"]
+    done = subprocess.run([*cli, "train", "--workers", "1,2", "--out", str(out), *settings],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line.split(",") for line in out.with_suffix(".csv").read_text().splitlines()]
+    header, one, two = rows[0], dict(zip(rows[0], rows[1])), dict(zip(rows[0], rows[2]))
+    assert header[:3] == ["stage", "workers", "throughput"] and (one["workers"], two["workers"]) == ("1", "2")
+    assert float(one["throughput"]) > 0 and float(one["efficiency"]) == 1.0
+    speedup = float(two["throughput"]) / float(one["throughput"])
+    assert abs(float(two["efficiency"]) - speedup / 2) < 0.01 and float(two["peak_rss_mib"]) > 100
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 2 |" in out.with_suffix(".md").read_text() and "samples/s" in out.with_suffix(".md").read_text()
+    unknown = subprocess.run([*cli, "prepare", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert unknown.returncode == 2 and "no benchmark for stage 'prepare'" in unknown.stdout
