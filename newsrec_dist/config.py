@@ -460,7 +460,8 @@ class RayJobsConfig:
 
     address: str = "http://127.0.0.1:8265"  # the cluster's dashboard (Jobs API) address
     working_dir: str | None = "."  # uploaded to the cluster; None: the cluster's image already has the project
-    excludes: list[str] = field(default_factory=lambda: [".venv", "runs", ".git", "**/__pycache__", "*.gguf"])
+    excludes: list[str] = field(default_factory=lambda: [".venv", "runs", ".git", ".pytest_cache", "**/__pycache__",
+                                                         "*.gguf"])
     env_vars: dict[str, str] = field(default_factory=dict)
     pip: list[str] = field(default_factory=list)  # extra packages the job installs (runtime_env pip)
     entrypoint_num_cpus: float = 0

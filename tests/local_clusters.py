@@ -125,7 +125,9 @@ def local_ray_cluster(worker_cpus: int = 1) -> Iterator[LocalRay]:
     """A head node and one worker node (one CPU each unless told), both on 127.0.0.1."""
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # AF_UNIX paths must stay under 107 bytes
     port, dashboard = free_port(), free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # nodes of a real cluster run in the project's environment: `python` in a job is this venv's
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     subprocess.run(_ray("start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
                         "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={temp_dir}",

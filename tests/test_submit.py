@@ -22,7 +22,7 @@ from newsrec_dist.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM_JOB = ["cluster=slurm", "cluster.slurm.cpus_per_task=2", "cluster.slurm.mem=6G", "cluster.slurm.time=00:30:00"]
-NODE2VEC = ["node2vec.graphs=[news/w=2]", "node2vec.embedding_dim=16", "node2vec.walk_length=8",
+NODE2VEC = ["node2vec.graphs=['news/w=2']", "node2vec.embedding_dim=16", "node2vec.walk_length=8",
             "node2vec.context_size=4", "node2vec.walks_per_node=2", "node2vec.epochs=1", "node2vec.task_cpus=1"]
 
 
@@ -100,13 +100,13 @@ def test_slurm_starts_spark_and_ray_inside_the_allocation(slurm: LocalSlurm, tin
     prepared, _ = tiny
     work = tmp_path / "work"
     graphs = _submit("graphs", tmp_path, *SLURM_JOB, f"paths.work_dir={work}", f"data.prepared_dir={prepared}",
-                     "graphs.windows=[2]", "graphs.spark.conf.spark.sql.shuffle.partitions=4",
-                     "graphs.spark.conf.spark.driver.memory=1g")
+                     "graphs.windows=[2]", "graphs.spark.conf={spark.sql.shuffle.partitions:4,spark.driver.memory:1g}")
     assert "graphs.spark.master=\"$SPARK_MASTER\"" in graphs.command
     assert wait_for(graphs, timeout=600) == SUCCEEDED, job_logs(graphs)[-4000:]
+    assert "Registering app newsrec-graphs" in job_logs(graphs)  # the standalone master ran the application
     node2vec = _submit("node2vec", tmp_path, *SLURM_JOB, f"paths.work_dir={work}", *NODE2VEC)
     assert wait_for(node2vec, timeout=600) == SUCCEEDED, job_logs(node2vec)[-4000:]
-    assert "node2vec.ray.address=auto" in node2vec.command
+    assert "node2vec.ray.address=auto" in node2vec.command and "Ray runtime started" in job_logs(node2vec)
     assert (work / "node2vec" / "news" / "w=2").is_dir()
 
 

@@ -128,7 +128,7 @@ def stage_overrides(plan: LaunchPlan, slurm: SlurmConfig) -> list[str]:
         master = '"$SPARK_MASTER"' if slurm.spark == "standalone" else shlex.quote(slurm.spark)
         words.append(f"graphs.spark.master={master}")
         if slurm.nodes > 1:  # executors on other nodes must reach the driver
-            words += ["graphs.spark.conf.spark.driver.bindAddress=null", "graphs.spark.conf.spark.driver.host=null"]
+            words.append(shlex.quote("graphs.spark.conf={spark.driver.bindAddress:null,spark.driver.host:null}"))
     if plan.ranks and plan.stage == "train":
         words.append(f"train.num_nodes={slurm.nodes}")
     return words
