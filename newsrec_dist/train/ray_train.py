@@ -6,6 +6,7 @@ then evaluates the best checkpoint exactly as a single-process run does.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ def _worker(config: dict[str, Any]) -> None:
     from newsrec_dist.config import from_container
     from newsrec_dist.train.stage import fit, plan
 
+    if Path(config["cwd"]).is_dir():  # Ray starts workers elsewhere; relative paths mean the driver's directory
+        os.chdir(config["cwd"])
     run = plan(from_container(config["cfg"]))
     fit(run, Path(config["work"]), strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()],
         prepare=prepare_trainer)
@@ -33,7 +36,8 @@ def fit_on_ray(run: Any, work: Path) -> None:
     with ray_session(ray_cfg.ray):
         trainer = TorchTrainer(
             _worker,
-            train_loop_config={"cfg": to_container(run.cfg), "work": str(work.resolve())},
+            train_loop_config={"cfg": to_container(run.cfg), "work": str(work.resolve()),
+                               "cwd": os.getcwd()},
             scaling_config=ScalingConfig(num_workers=ray_cfg.workers, use_gpu=ray_cfg.use_gpu,
                                          resources_per_worker=resources),
             run_config=RunConfig(storage_path=str((work / "ray").resolve()), name="train"))
