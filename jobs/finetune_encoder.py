@@ -2,7 +2,7 @@
 
     deepspeed --num_gpus 8 jobs/finetune_encoder.py encoder=glm4_9b data.prepared_dir=...
     torchrun --nproc_per_node 8 jobs/finetune_encoder.py encoder=glm4_9b ...
-    srun python jobs/finetune_encoder.py encoder=glm4_9b ...      (clusters/slurm/finetune_encoder.sbatch)
+    srun python jobs/finetune_encoder.py encoder=glm4_9b ...      (newsrec submit --cluster slurm finetune)
 
 Every rank composes the same config and calls the same core as ``newsrec encoder finetune``;
 ``encoder/distributed.py`` reads the launcher's (or Slurm's) rank variables. The ``deepspeed``

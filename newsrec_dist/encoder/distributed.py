@@ -2,7 +2,7 @@
 
 The ``deepspeed`` launcher and ``torchrun`` export RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*; ``srun`` exports
 SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID and the batch script sets MASTER_ADDR/MASTER_PORT
-(``clusters/slurm/finetune_encoder.sbatch``). A plain ``newsrec encoder finetune`` is a world of one.
+(``clusters/slurm/job.sbatch.j2``, rendered by ``newsrec submit --cluster slurm finetune``). A plain ``newsrec encoder finetune`` is a world of one.
 The accelerator is chosen before DeepSpeed is imported: CUDA when visible, else CPU with gloo.
 """
 
