@@ -324,7 +324,7 @@ def submit(
                                                "generate | train | eval | pipeline")],
     arguments: Arguments = None,
     cluster: Annotated[Optional[str], typer.Option(help="local | slurm | ray (the cluster config group)")] = None,
-    wait: bool = typer.Option(False, help="wait for the job to finish, print its log, exit non-zero unless it succeeded"),
+    wait: bool = typer.Option(False, help="wait for the job's end, print its log, exit non-zero unless it succeeded"),
     timeout: Annotated[Optional[float], typer.Option(help="with --wait: give up after this many seconds")] = None,
 ) -> None:
     """Submit a stage (or the whole pipeline) to this machine, Slurm or Ray; cluster.* settings shape the job."""
@@ -393,7 +393,7 @@ def bench(
     stage: Annotated[str, typer.Argument(help="train | node2vec | generate")],
     overrides: Overrides = None,
     workers: Annotated[str, typer.Option(help="comma-separated worker counts, e.g. 1,2,4")] = "1,2",
-    out: Annotated[Path, typer.Option(help="report path without suffix (.csv, .png, .md)")] = Path("benchmarks/scaling"),
+    out: Annotated[Path, typer.Option(help="report path, no suffix (.csv, .png, .md)")] = Path("benchmarks/scaling"),
     work_root: Annotated[Optional[Path], typer.Option(help="where the runs write (default: <out>-runs)")] = None,
 ) -> None:
     """Run a stage at several worker counts; throughput, memory, GPU use, scaling efficiency → CSV, PNG, Markdown."""

@@ -16,9 +16,11 @@ from local_clusters import LocalRay, LocalSlurm, local_ray_cluster, local_slurm,
 from test_train import make_planted
 from test_train import overrides as train_overrides
 
+from newsrec_dist.cluster import slurm as slurm_backend
 from newsrec_dist.cluster.jobs import CANCELLED, RUNNING, SUCCEEDED, list_records
 from newsrec_dist.cluster.submit import cancel_job, job_logs, job_status, submit_stage, wait_for
-from newsrec_dist.config import ConfigError, load_config
+from newsrec_dist.cluster.stages import launch_plan
+from newsrec_dist.config import ConfigError, SlurmConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM_JOB = ["cluster=slurm", "cluster.slurm.cpus_per_task=2", "cluster.slurm.mem=6G", "cluster.slurm.time=00:30:00"]
@@ -64,6 +66,8 @@ def test_slurm_rejects_impossible_requests_before_submission(slurm: LocalSlurm, 
                          ("cluster.slurm.mem=lots", r"cluster.slurm.mem")):
         with pytest.raises(ConfigError, match=message):
             _submit("synth", tmp_path, *SLURM_JOB, bad)
+    with pytest.raises(ConfigError, match="cluster.slurm.account: .* single line"):  # it would start a shell line
+        slurm_backend.job_shape(SlurmConfig(account="lab\nrm -rf ~"), launch_plan("train", load_config([])))
     with pytest.raises(ConfigError, match="unknown stage 'trian'"):
         _submit("trian", tmp_path, *SLURM_JOB)
     assert _queue(slurm) == "" and list_records(tmp_path / "jobs") == []

@@ -81,7 +81,18 @@ class Shape:
     gpus: int
 
 
+def _one_line_settings(slurm: SlurmConfig) -> None:
+    """Settings land in ``#SBATCH`` lines of a shell script: a line break would start a new command."""
+    named = {"partition": slurm.partition, "account": slurm.account, "qos": slurm.qos, "mem": slurm.mem,
+             "time": slurm.time, "spark": slurm.spark,
+             **{f"sbatch_options[{index}]": option for index, option in enumerate(slurm.sbatch_options)}}
+    for name, value in named.items():
+        if value is not None and ("\n" in str(value) or "\r" in str(value)):
+            raise ConfigError(f"cluster.slurm.{name}: {value!r} must be a single line")
+
+
 def job_shape(slurm: SlurmConfig, plan: LaunchPlan) -> Shape:
+    _one_line_settings(slurm)
     tasks = max(slurm.gpus_per_node, 1) if plan.ranks else 1
     if slurm.nodes < 1 or slurm.cpus_per_task < 1 or slurm.gpus_per_node < 0:
         raise ConfigError("cluster.slurm: nodes and cpus_per_task must be ≥ 1 and gpus_per_node ≥ 0")
@@ -91,7 +102,8 @@ def job_shape(slurm: SlurmConfig, plan: LaunchPlan) -> Shape:
 def _partition(name: str | None) -> dict[str, str]:
     partitions = _records(_scontrol("show", "partition", "-o"))
     names = [part["PartitionName"] for part in partitions]
-    chosen = [part for part in partitions if part["PartitionName"] == name or (name is None and part.get("Default") == "YES")]
+    chosen = [part for part in partitions
+              if part["PartitionName"] == name or (name is None and part.get("Default") == "YES")]
     if not chosen:
         wanted = f"partition {name!r} does not exist" if name else "the cluster has no default partition"
         raise ConfigError(f"cluster.slurm.partition: {wanted} (partitions: {', '.join(names) or 'none'})")

@@ -14,8 +14,8 @@ from omegaconf import DictConfig
 
 from newsrec_dist.cluster import local, ray_jobs, slurm
 from newsrec_dist.cluster.jobs import FINISHED, JobRecord, load_record, new_job_id, save_record
-from newsrec_dist.cluster.stages import cli_words, launch_plan
-from newsrec_dist.config import ConfigError, as_object
+from newsrec_dist.cluster.stages import LaunchPlan, cli_words, launch_plan
+from newsrec_dist.config import ClusterConfig, ConfigError, as_object
 
 BACKENDS = {"local": local, "slurm": slurm, "ray": ray_jobs}
 # Set in every job: no model hub at run time, logs written as they come.
@@ -30,15 +30,38 @@ def config_overrides(arguments: list[str]) -> list[str]:
 def _unset(words: list[str], arguments: list[str]) -> list[str]:
     """Service overrides the user did not set themselves (theirs win)."""
     given = {argument.split("=", 1)[0].lstrip("+~") for argument in config_overrides(arguments)}
-    return [word for word in words if word.split("=", 1)[0] not in given]
+    return [word for word in words if word.lstrip("'").split("=", 1)[0] not in given]
 
 
 def jobs_dir(cfg: DictConfig) -> Path:
     return Path(cfg.cluster.jobs_dir).resolve()
 
 
+def _submit_local(record: JobRecord, workdir: Path) -> None:
+    record.command = shlex.join(cli_words(record.stage, record.arguments))
+    record.native_id = local.submit(record, workdir, JOB_ENV)
+
+
+def _submit_slurm(record: JobRecord, cluster: ClusterConfig, workdir: Path, plan: LaunchPlan) -> None:
+    shape = slurm.check_request(cluster.slurm, plan)
+    extra = _unset(slurm.stage_overrides(plan, cluster.slurm), record.arguments)
+    record.command = " ".join([shlex.join(cli_words(record.stage, record.arguments, python="python")), *extra])
+    script = Path(record.log).with_suffix(".sbatch")
+    script.write_text(slurm.render(record, cluster.slurm, plan, shape, workdir, JOB_ENV))
+    record.native_id = slurm.submit(script)
+
+
+def _submit_ray(record: JobRecord, cluster: ClusterConfig, workdir: Path, work_dir: str) -> None:
+    if not Path(work_dir).is_absolute():
+        raise ConfigError(f"cluster=ray: paths.work_dir={work_dir} is relative, but a Ray job runs in a copy of "
+                          "the working dir: give an absolute path on storage the cluster shares")
+    record.address = cluster.ray.address
+    record.command = shlex.join(cli_words(record.stage, record.arguments, python="python"))
+    record.native_id = ray_jobs.submit(record, cluster.ray, workdir, JOB_ENV)
+
+
 def submit_stage(cfg: DictConfig, stage: str, arguments: list[str], workdir: Path | None = None) -> JobRecord:
-    """Submit ``stage`` with ``arguments``; returns the saved job record."""
+    """Submit ``stage`` with ``arguments``; returns the saved job record (nothing is saved when it fails)."""
     cluster, workdir = as_object(cfg.cluster), (workdir or Path.cwd()).resolve()
     plan, directory = launch_plan(stage, cfg), jobs_dir(cfg)
     directory.mkdir(parents=True, exist_ok=True)
@@ -46,22 +69,11 @@ def submit_stage(cfg: DictConfig, stage: str, arguments: list[str], workdir: Pat
     record = JobRecord(id=job_id, cluster=cluster.kind, stage=stage, arguments=list(arguments), command="",
                        log=str(directory / f"{job_id}.log"))
     if cluster.kind == "local":
-        record.command = shlex.join(cli_words(stage, arguments))
-        record.native_id = local.submit(record, workdir, JOB_ENV)
+        _submit_local(record, workdir)
     elif cluster.kind == "slurm":
-        shape = slurm.check_request(cluster.slurm, plan)
-        extra = _unset(slurm.stage_overrides(plan, cluster.slurm), arguments)
-        record.command = " ".join([shlex.join(cli_words(stage, arguments, python="python")), *extra])
-        script = directory / f"{job_id}.sbatch"
-        script.write_text(slurm.render(record, cluster.slurm, plan, shape, workdir, JOB_ENV))
-        record.native_id = slurm.submit(script)
+        _submit_slurm(record, cluster, workdir, plan)
     elif cluster.kind == "ray":
-        if not Path(cfg.paths.work_dir).is_absolute():
-            raise ConfigError(f"cluster=ray: paths.work_dir={cfg.paths.work_dir} is relative, but a Ray job runs in "
-                              "a copy of the working dir: give an absolute path on storage the cluster shares")
-        record.address = cluster.ray.address
-        record.command = shlex.join(cli_words(stage, arguments, python="python"))
-        record.native_id = ray_jobs.submit(record, cluster.ray, workdir, JOB_ENV)
+        _submit_ray(record, cluster, workdir, cfg.paths.work_dir)
     else:
         raise ConfigError(f"cluster.kind: {cluster.kind!r} is not one of local, slurm, ray")
     save_record(directory, record)
