@@ -15,7 +15,7 @@ from pathlib import Path
 import jinja2
 
 from newsrec_dist.cluster.jobs import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, UNKNOWN, JobRecord, exit_state
-from newsrec_dist.cluster.stages import RAY_ADDRESS_KEYS, LaunchPlan
+from newsrec_dist.cluster.stages import LaunchPlan, join_cluster_ray
 from newsrec_dist.config import ConfigError, SlurmConfig
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "clusters" / "slurm" / "job.sbatch.j2"
@@ -135,7 +135,7 @@ def check_request(slurm: SlurmConfig, plan: LaunchPlan) -> Shape:
 
 def stage_overrides(plan: LaunchPlan, slurm: SlurmConfig) -> list[str]:
     """Overrides pointing the stage at the services the script starts (shell words: "$VAR" expands there)."""
-    words = [f"{key}=auto" for key in RAY_ADDRESS_KEYS] if plan.ray else []
+    words = join_cluster_ray() if plan.ray else []
     if plan.spark:
         master = '"$SPARK_MASTER"' if slurm.spark == "standalone" else shlex.quote(slurm.spark)
         words.append(f"graphs.spark.master={master}")

@@ -6,7 +6,6 @@ the needs (a Ray cluster, a Spark master, one process per GPU) to start services
 
 from __future__ import annotations
 
-import shlex
 import sys
 from dataclasses import dataclass
 
@@ -73,5 +72,6 @@ def cli_words(name: str, arguments: list[str], python: str = sys.executable) -> 
     return [python, "-m", "newsrec_dist.cli", *stage.verb, *quiet, *arguments]
 
 
-def shell_command(words: list[str]) -> str:
-    return shlex.join(words)
+def join_cluster_ray() -> list[str]:
+    """Overrides that make every Ray-using stage join the cluster it runs on (``auto`` reads RAY_ADDRESS)."""
+    return [f"{key}=auto" for key in RAY_ADDRESS_KEYS]

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from newsrec_dist.cluster import local, ray_jobs, slurm
 from newsrec_dist.cluster.jobs import FINISHED, JobRecord, load_record, new_job_id, save_record
-from newsrec_dist.cluster.stages import LaunchPlan, cli_words, launch_plan
+from newsrec_dist.cluster.stages import LaunchPlan, cli_words, join_cluster_ray, launch_plan
 from newsrec_dist.config import ClusterConfig, ConfigError, as_object
 
 BACKENDS = {"local": local, "slurm": slurm, "ray": ray_jobs}
@@ -56,7 +56,8 @@ def _submit_ray(record: JobRecord, cluster: ClusterConfig, workdir: Path, work_d
         raise ConfigError(f"cluster=ray: paths.work_dir={work_dir} is relative, but a Ray job runs in a copy of "
                           "the working dir: give an absolute path on storage the cluster shares")
     record.address = cluster.ray.address
-    record.command = shlex.join(cli_words(record.stage, record.arguments, python="python"))
+    arguments = [*_unset(join_cluster_ray(), record.arguments), *record.arguments]
+    record.command = shlex.join(cli_words(record.stage, arguments, python="python"))
     record.native_id = ray_jobs.submit(record, cluster.ray, workdir, JOB_ENV)
 
 
