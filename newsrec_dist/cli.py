@@ -226,18 +226,21 @@ def encoder_glove(overrides: Overrides = None, quiet: bool = typer.Option(False,
 
 @app.command("generate")
 def generate(
-    task: Annotated[list[str], typer.Argument(help="keywords | summarize | profile | news | chain (one or more)")],
+    task: Annotated[list[str], typer.Argument(help="keywords | summarize | profile | news | chain (one or more), "
+                                                   "then key=value overrides")],
     overrides: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="config override key=value")] = None,
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """LLM data generation on a Ray Data actor pool (GENRE, LECOP keywords); cached, resumable, costed.
 
-    Example: ``newsrec generate summarize profile -s generate.task.max_news=100``.
+    Example: ``newsrec generate summarize profile generate.task.max_news=100`` (or ``-s key=value``).
     """
     from newsrec_dist.generate.engine import BudgetExhausted
     from newsrec_dist.generate.stage import run_generation
 
-    cfg = _compose(list(overrides or []) + [f"generate.tasks=[{','.join(task)}]"])
+    tasks = [name for name in task if "=" not in name]
+    given = [name for name in task if "=" in name] + list(overrides or [])
+    cfg = _compose(given + [f"generate.tasks=[{','.join(tasks)}]"])
     try:
         costs = run_generation(as_object(cfg.generate), Path(cfg.data.prepared_dir), list(cfg.data.splits),
                                _progress(quiet))

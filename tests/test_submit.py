@@ -174,3 +174,18 @@ def test_bench_train_one_vs_two_ray_workers_writes_csv_png_markdown(tmp_path: Pa
     assert "| 2 |" in out.with_suffix(".md").read_text() and "samples/s" in out.with_suffix(".md").read_text()
     unknown = subprocess.run([*cli, "prepare", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert unknown.returncode == 2 and "no benchmark for stage 'prepare'" in unknown.stdout
+
+
+@pytest.mark.parametrize("stage", ["node2vec", "generate"])
+def test_bench_reads_each_stages_own_throughput(stage: str, tiny: tuple[Path, Path], tiny_graphs: Path,
+                                                tmp_path: Path) -> None:
+    from newsrec_dist.cluster.bench import bench
+
+    prepared, _ = tiny
+    settings = {"node2vec": [f"node2vec.graphs_dir={tiny_graphs}", *NODE2VEC],
+                "generate": [f"data.prepared_dir={prepared}", "generate.task.max_news=2", "generate.sampling.max_tokens=24",
+                             "generate.backend.threads=1"]}[stage]
+    rows = bench(stage, [1, 2], settings, tmp_path / "report" / stage, tmp_path / "runs", progress=lambda _: None)
+    assert [row["workers"] for row in rows] == [1, 2] and all(row["throughput"] > 0 for row in rows)
+    assert rows[0]["unit"] == {"node2vec": "walks/s", "generate": "tokens/s"}[stage]
+    assert (tmp_path / "report" / f"{stage}.png").is_file() and (tmp_path / "runs" / "workers-2").is_dir()
