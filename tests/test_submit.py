@@ -185,7 +185,10 @@ def test_bench_reads_each_stages_own_throughput(stage: str, tiny: tuple[Path, Pa
     settings = {"node2vec": [f"node2vec.graphs_dir={tiny_graphs}", *NODE2VEC],
                 "generate": [f"data.prepared_dir={prepared}", "generate.task.max_news=2", "generate.sampling.max_tokens=24",
                              "generate.backend.threads=1"]}[stage]
+    stale = tmp_path / "runs" / "workers-1" / "stale-output"  # an earlier bench's output must not be reused
+    stale.mkdir(parents=True)
     rows = bench(stage, [1, 2], settings, tmp_path / "report" / stage, tmp_path / "runs", progress=lambda _: None)
     assert [row["workers"] for row in rows] == [1, 2] and all(row["throughput"] > 0 for row in rows)
     assert rows[0]["unit"] == {"node2vec": "walks/s", "generate": "tokens/s"}[stage]
     assert (tmp_path / "report" / f"{stage}.png").is_file() and (tmp_path / "runs" / "workers-2").is_dir()
+    assert not stale.exists()

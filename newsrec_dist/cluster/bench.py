@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ def run_scale(stage: str, workers: int, overrides: list[str], work_dir: Path) ->
     target = bench_target(stage)
     settings = [*target.workers(workers), *overrides, f"paths.work_dir={work_dir}"]  # the user's settings win
     cfg = load_config(settings)  # bad settings fail here, before the run
+    shutil.rmtree(work_dir, ignore_errors=True)  # a stage finding its earlier output would skip and time nothing
     run = measured(cli_words(stage, [*target.arguments, *settings]))
     return {"stage": stage, "workers": workers, "throughput": round(target.throughput(cfg, run), 2),
             "unit": target.unit, "wall_s": round(run.wall_s, 1), "peak_rss_mib": round(run.peak_rss_mib),
