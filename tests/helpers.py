@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -23,3 +24,10 @@ def kill_when(command: list[str], ready: Callable[[], bool], env: dict[str, str]
     assert child.poll() is None, child.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for servers the tests start)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

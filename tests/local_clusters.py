@@ -21,13 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers import free_port
+
 SLURM_DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:

@@ -20,7 +20,7 @@ import pytest
 import ray
 import yaml
 
-from helpers import kill_when
+from helpers import free_port, kill_when
 from newsrec_dist.config import GenerateConfig, LLMBackendConfig, RayConfig, as_object, load_config
 from newsrec_dist.data.prepare import read_behaviors, read_news_table
 from newsrec_dist.generate.backends import Completion, OpenAIBackend, Request, TransformersBackend, smollm2_gguf
@@ -215,16 +215,10 @@ def test_budget_stops_cleanly_and_a_larger_budget_continues(tiny: tuple[Path, Pa
     assert cost["ok"] + cost["failed"] == 6
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """llama-cpp-python's OpenAI-compatible server with the SmolLM2 GGUF on 127.0.0.1, key required."""
-    port, log = _free_port(), tmp_path_factory.mktemp("llama-server") / "server.log"
+    port, log = free_port(), tmp_path_factory.mktemp("llama-server") / "server.log"
     with open(log, "wb") as sink:  # a file, not a pipe: the model loader's log would fill a pipe and block
         server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()),
                                    "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),

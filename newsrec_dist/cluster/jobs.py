@@ -55,12 +55,16 @@ def load_record(jobs_dir: Path, job_id: str) -> JobRecord:
         known = sorted(p.stem for p in jobs_dir.glob("*.json")) if jobs_dir.is_dir() else []
         hint = f"; jobs there: {', '.join(known[-5:])}" if known else ""
         raise JobNotFound(f"no job {job_id!r} in {jobs_dir}{hint}")
+    return _read(path)
+
+
+def _read(path: Path) -> JobRecord:
     return JobRecord(**json.loads(path.read_text()))
 
 
 def list_records(jobs_dir: Path) -> list[JobRecord]:
     paths = sorted(jobs_dir.glob("*.json"), key=lambda p: p.stat().st_mtime) if jobs_dir.is_dir() else []
-    return [JobRecord(**json.loads(path.read_text())) for path in paths]
+    return [_read(path) for path in paths]
 
 
 def exit_state(record: JobRecord) -> str | None:
