@@ -53,15 +53,17 @@ def test_uniform_negatives_come_from_the_impression_and_the_click_comes_first() 
 
 def test_popular_news_are_the_most_clicked_before_the_bucket() -> None:
     rng = np.random.default_rng(3)
-    items, times = rng.integers(0, 40, 3000), rng.integers(0, 20 * 3600, 3000)
+    start = 1_573_257_600  # Unix times, as MIND's: buckets count from the first impression, not from 1970
+    items, times = rng.integers(0, 40, 3000), start + rng.integers(0, 20 * 3600, 3000)
     cfg = SamplerConfig(kind="popk", popk_pool=5, popk_bucket_hours=2.0, popk_window_hours=6.0)
-    popular = PopularNews(ClickCounter(items, times), 40, np.array([0, 20 * 3600]), cfg)
-    assert (popular.at(np.array([10])) == -1).all()  # nothing clicked before the first bucket
-    for query in (3 * 3600 + 5, 11 * 3600, 19 * 3600):
-        bucket_start = (query // 7200) * 7200
+    popular = PopularNews(ClickCounter(items, times), 40, np.array([start, start + 20 * 3600]), cfg)
+    assert len(popular.top) == 11
+    assert (popular.at(np.array([start + 10])) == -1).all()  # nothing clicked before the first bucket
+    for offset in (3 * 3600 + 5, 11 * 3600, 19 * 3600):
+        bucket_start = start + (offset // 7200) * 7200
         recent = (times < bucket_start) & (times >= bucket_start - 6 * 3600)
         counts = np.bincount(items[recent], minlength=40)
-        top = popular.at(np.array([query]))[0]
+        top = popular.at(np.array([start + offset]))[0]
         assert sorted(counts[top].tolist(), reverse=True) == sorted(counts.tolist(), reverse=True)[:5]
 
 

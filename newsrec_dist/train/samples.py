@@ -58,7 +58,8 @@ class PopularNews:
 
     def __init__(self, clicks: ClickCounter, news_count: int, times: np.ndarray, cfg: SamplerConfig) -> None:
         self.bucket = cfg.popk_bucket_hours * HOUR
-        self.start = float(times.min(initial=0))
+        # not min(initial=0): that is 0 for Unix times, one bucket per hour since 1970 (minutes, gigabytes)
+        self.start = float(times.min()) if times.size else 0.0
         boundaries = self.start + self.bucket * np.arange(int((times.max(initial=0) - self.start) // self.bucket) + 1)
         items, pool = np.arange(news_count), min(cfg.popk_pool, news_count)
         window = cfg.popk_window_hours * HOUR if cfg.popk_window_hours else None
