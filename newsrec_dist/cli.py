@@ -304,13 +304,16 @@ def train(
 
 
 @app.command("run")
-def run(overrides: Overrides = None) -> None:
-    """Run the whole pipeline of an experiment, e.g. ``newsrec run experiment=quickstart``."""
+def run(overrides: Overrides = None,
+        from_stage: Annotated[Optional[str], typer.Option("--from", help="re-run this stage and every later one")] = None,
+        ) -> None:
+    """Run the whole pipeline of an experiment, e.g. ``newsrec run experiment=quickstart``; current stages are
+    skipped, a killed run resumes."""
     from newsrec_dist.pipeline import run_pipeline
 
     cfg = _compose(overrides)
     try:
-        state = run_pipeline(cfg)
+        state = run_pipeline(cfg, from_stage)
     except (ValueError, FileNotFoundError) as error:
         _fail(error)
     if "report" in state.outputs:

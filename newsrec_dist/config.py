@@ -479,6 +479,28 @@ class ClusterConfig:
 
 
 @dataclass
+class VariantConfig:
+    """One arm of an ablation: a model (``conf/model/<model>.yaml``) with dotted settings applied on top."""
+
+    name: str = "base"
+    model: str | None = None  # None: the ablation's ``models`` (a grid), else the config's default model
+    # dotted key -> value, e.g. {model.news.views.0.column: title_enhanced, train.sampler.kind: popk}
+    set: dict[str, Any] = field(default_factory=dict)
+    llm_tasks: list[str] = field(default_factory=list)  # generation tasks it consumes (cost per gain)
+
+
+@dataclass
+class AblationConfig:
+    """A table of the report: every variant (for every model in ``models``) trained and evaluated alike."""
+
+    name: str = "ablation"
+    title: str = ""
+    baseline: str | None = None  # the variant gains and cost per gain are measured against
+    models: list[str] = field(default_factory=list)  # non-empty: each variant is run with each of these models
+    variants: list[VariantConfig] = field(default_factory=list)
+
+
+@dataclass
 class PathsConfig:
     work_dir: str = "runs/${experiment_name}"
 
@@ -498,6 +520,7 @@ class RootConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     stages: list[str] = field(default_factory=list)
+    ablations: list[AblationConfig] = field(default_factory=list)  # trained by the pipeline's train stage
 
 
 def _register_schemas() -> None:
@@ -542,8 +565,18 @@ def load_config(overrides: list[str] | None = None, resolve: bool = True) -> Dic
 
 def with_model(cfg: DictConfig, name: str) -> DictConfig:
     """``cfg`` with its ``model`` replaced by ``conf/model/<name>.yaml``: one run trains several models."""
-    composed = load_config([f"model={name}"], resolve=False)
+    return with_variant(cfg, name, {})
+
+
+def with_variant(cfg: DictConfig, model: str, settings: dict[str, Any]) -> DictConfig:
+    """``cfg`` with ``conf/model/<model>.yaml`` and a variant's dotted ``settings`` (typos fail on the schema)."""
+    composed = load_config([f"model={model}"], resolve=False)
     merged = OmegaConf.merge(cfg, {"model": OmegaConf.to_container(composed.model, resolve=False)})
+    for key, value in settings.items():
+        try:
+            OmegaConf.update(merged, key, value, merge=False)
+        except (KeyError, AttributeError, IndexError, ValueError) as error:
+            raise ConfigError(f"variant setting {key}={value!r}: {error}") from error
     OmegaConf.resolve(merged)
     return merged
 

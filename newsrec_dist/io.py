@@ -8,6 +8,7 @@ that lets a re-run with the same inputs and config skip the stage.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -50,6 +51,30 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__}+{commit}"
+
+
+# The subpackages whose code makes each stage's artifact (manifest stage names; generate-<task> → generate).
+STAGE_CODE: dict[str, tuple[str, ...]] = {
+    "synth": ("data",), "prepare": ("data",), "keywords": ("graphs",), "graphs": ("graphs",),
+    "node2vec": ("embed",), "encoder": ("encoder",), "glove": ("encoder",), "generate": ("generate",),
+    "train": ("train", "models", "eval"), "eval": ("eval",),
+}
+
+
+@functools.cache
+def code_fingerprint(stage: str) -> str:
+    """Hash of the sources a stage runs: editing them re-runs the stage, editing anything else does not.
+
+    Computed from the files (not git), so it holds in a Ray job's copy of the project without ``.git``.
+    """
+    package = Path(__file__).resolve().parent
+    subpackages = STAGE_CODE.get(stage.split("-")[0])
+    if subpackages is None:
+        raise KeyError(f"stage {stage!r} has no entry in STAGE_CODE")
+    digest = hashlib.sha256()
+    for path in sorted(file for name in subpackages for file in (package / name).rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -146,8 +171,9 @@ class Manifest:
     created_unix: float = field(default_factory=time.time)
 
     def fingerprint(self) -> str:
-        """Hash of stage, inputs and config: equal fingerprints mean equal outputs."""
-        payload = json.dumps([self.stage, self.inputs, self.config], sort_keys=True, default=str)
+        """Hash of stage, inputs, config and the stage's code: equal fingerprints mean equal outputs."""
+        payload = json.dumps([self.stage, self.inputs, self.config, code_fingerprint(self.stage)], sort_keys=True,
+                             default=str)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def write(self, directory: Path) -> None:

@@ -2,11 +2,13 @@
 
 Stages today: ``synth`` (or ``download`` for real MIND) → ``prepare`` → ``keywords`` → ``graphs`` →
 ``node2vec`` → ``finetune`` → ``embed`` → ``glove`` → ``generate`` → ``train`` (every model in
-``train.models``) → ``eval`` → ``report``.
+``train.models`` and every arm of ``ablations``) → ``eval`` → ``report``. Each stage's artifacts carry manifests
+(config subset, input fingerprints, code hash), so an unchanged stage is skipped and a killed run resumes.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from newsrec_dist.config import as_object, to_container
+from newsrec_dist.io import MANIFEST_NAME
 from newsrec_dist.progress import progress_bar as _bars  # rich bars for in-process stages
 
 console = Console()
@@ -28,6 +31,7 @@ class RunState:
 
     cfg: DictConfig
     timings: dict[str, float] = field(default_factory=dict)
+    ran: dict[str, bool] = field(default_factory=dict)  # False: every artifact was current, nothing ran
     outputs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,11 +106,52 @@ def stage_generate(state: RunState) -> None:
                                                list(cfg.data.splits), _bars)
 
 
-def stage_train(state: RunState) -> None:
-    from newsrec_dist.config import with_model
-    from newsrec_dist.train.stage import train_model
+@dataclass(frozen=True)
+class TrainJob:
+    """One training run of the train stage: a model of ``train.models`` or one arm of an ablation."""
 
-    state.outputs["train"] = {name: train_model(with_model(state.cfg, name), _bars) for name in state.cfg.train.models}
+    name: str  # the run directory under ``train.output_dir``
+    model: str
+    settings: dict[str, Any]
+    ablation: str | None = None
+    variant: str | None = None
+
+
+def train_jobs(cfg: DictConfig) -> list[TrainJob]:
+    """``train.models``, then every ablation variant (crossed with the ablation's ``models`` when it has them)."""
+    jobs = [TrainJob(name, name, {}) for name in cfg.train.models]
+    for ablation in cfg.ablations:
+        for variant in ablation.variants:
+            if ablation.models and variant.model:
+                raise ValueError(f"ablation {ablation.name}: variant {variant.name} names a model, but the "
+                                 f"ablation runs every variant with each of {list(ablation.models)}")
+            for model in ablation.models or [variant.model or cfg.model.name]:
+                name = f"{ablation.name}.{model}.{variant.name}" if ablation.models else f"{ablation.name}.{variant.name}"
+                jobs.append(TrainJob(name, model, {**variant.set, "model.name": name}, ablation.name, variant.name))
+    return jobs
+
+
+def stage_train(state: RunState) -> None:
+    from newsrec_dist.config import with_variant
+    from newsrec_dist.train.stage import plan, train_model
+
+    summaries: dict[str, Any] = {}
+    arms: dict[str, list[dict[str, str]]] = {}
+    trained: dict[str, str] = {}  # run fingerprint → the first run name with it: equal arms train once
+    for job in train_jobs(state.cfg):
+        cfg = with_variant(state.cfg, job.model, job.settings)
+        fingerprint = plan(cfg).fingerprint
+        if fingerprint in trained:
+            console.print(f"{job.name}: the same run as {trained[fingerprint]}")
+            summaries[job.name] = summaries[trained[fingerprint]]
+        else:
+            console.rule(f"train {job.name}")
+            summaries[job.name] = train_model(cfg, _bars)
+            trained[fingerprint] = job.name
+        if job.ablation is not None:
+            arms.setdefault(job.ablation, []).append({"variant": job.variant, "model": job.model, "run": job.name})
+    state.outputs["train"] = summaries
+    state.outputs["ablations"] = arms
 
 
 def stage_eval(state: RunState) -> None:
@@ -122,7 +167,7 @@ def stage_eval(state: RunState) -> None:
 def stage_report(state: RunState) -> None:
     from newsrec_dist.eval.report import write_report
 
-    state.outputs["report"] = str(write_report(state.cfg, state.outputs, state.timings))
+    state.outputs["report"] = str(write_report(state.cfg, state.outputs, state.timings, state.ran))
 
 
 STAGES: dict[str, Callable[[RunState], None]] = {
@@ -142,17 +187,56 @@ STAGES: dict[str, Callable[[RunState], None]] = {
 }
 
 
-def run_pipeline(cfg: DictConfig) -> RunState:
-    """Run ``cfg.stages`` in order with timings; unknown stage names fail before anything runs."""
-    unknown = [name for name in cfg.stages if name not in STAGES]
+def stage_outputs(cfg: DictConfig, name: str) -> list[Path]:
+    """The artifact directories a stage writes (their manifests say whether it is current)."""
+    from newsrec_dist.encoder.embed import embedding_name
+    from newsrec_dist.encoder.glove import NAME as GLOVE
+
+    outputs = {
+        "synth": [cfg.data.raw_dir], "download": [cfg.data.raw_dir], "prepare": [cfg.data.prepared_dir],
+        "keywords": [cfg.graphs.keywords_path], "graphs": [cfg.graphs.output_dir],
+        "node2vec": [cfg.node2vec.output_dir], "finetune": [cfg.encoder.output_dir],
+        "embed": [Path(cfg.encoder.embeddings_dir) / embedding_name(as_object(cfg.encoder))],
+        "glove": [Path(cfg.encoder.embeddings_dir) / GLOVE], "generate": [cfg.generate.output_dir],
+        "train": [cfg.train.output_dir], "eval": [cfg.eval.output_dir], "report": [],
+    }
+    return [Path(path) for path in outputs[name]]
+
+
+def force_rerun(cfg: DictConfig, names: list[str]) -> None:
+    """Make these stages run again: drop their manifests and any partial (resumable) work."""
+    for name in names:
+        for path in stage_outputs(cfg, name):
+            for stale in [path.parent / f".partial-{path.name}", *path.glob("**/.partial-*")]:
+                shutil.rmtree(stale, ignore_errors=True)
+            for manifest in path.glob(f"**/{MANIFEST_NAME}"):
+                manifest.unlink()
+
+
+def _wrote_artifact(cfg: DictConfig, name: str, since: float) -> bool:
+    return any(manifest.stat().st_mtime >= since for path in stage_outputs(cfg, name)
+               for manifest in path.glob(f"**/{MANIFEST_NAME}"))
+
+
+def run_pipeline(cfg: DictConfig, from_stage: str | None = None) -> RunState:
+    """Run ``cfg.stages`` in order, each skipped when its artifacts are current; ``from_stage`` and every stage
+    after it run again. Unknown stage names fail before anything runs."""
+    stages = list(cfg.stages)
+    unknown = [name for name in stages if name not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; known stages: {list(STAGES)}")
+    if from_stage is not None:
+        if from_stage not in stages:
+            raise ValueError(f"--from {from_stage}: not a stage of this run; its stages: {stages}")
+        force_rerun(cfg, stages[stages.index(from_stage):])
     state = RunState(cfg=cfg)
     state.outputs["config"] = to_container(cfg)
-    for name in cfg.stages:
+    for name in stages:
         console.rule(f"[bold]stage {name}")
-        started = time.perf_counter()
+        started_wall, started = time.time(), time.perf_counter()
         STAGES[name](state)
         state.timings[name] = time.perf_counter() - started
-        console.print(f"stage {name} done in {state.timings[name]:.1f} s")
+        state.ran[name] = name == "report" or _wrote_artifact(cfg, name, started_wall - 1)
+        verdict = "done" if state.ran[name] else "up to date, skipped"
+        console.print(f"stage {name} {verdict} in {state.timings[name]:.1f} s")
     return state

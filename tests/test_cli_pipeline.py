@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import matplotlib.image
 import pytest
-from newsrec_dist.config import ConfigError, load_config
+from newsrec_dist.config import ConfigError, load_config, with_variant
+from newsrec_dist.pipeline import train_jobs
 
 
 def newsrec(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -32,6 +38,27 @@ def test_config_composes_quickstart_with_typed_overrides() -> None:
         load_config(["experiment=nonexistent"])
 
 
+@pytest.mark.parametrize(("experiment", "runs"), [("quickstart", 3), ("lecop", 12), ("popk", 5), ("genre", 40)])
+def test_experiments_compose_and_every_ablation_arm_applies(experiment: str, runs: int) -> None:
+    cfg = load_config([f"experiment={experiment}"])
+    jobs = train_jobs(cfg)
+    assert len({job.name for job in jobs}) == len(jobs) == runs
+    for job in jobs:
+        arm = with_variant(cfg, job.model, job.settings)  # a misspelt key or a wrong type fails here
+        assert arm.model.name == job.name
+        assert all(source.startswith(cfg.paths.work_dir) for view in arm.model.news.views for source in view.sources)
+
+
+def test_ablation_settings_are_checked_against_the_schema() -> None:
+    cfg = load_config(["experiment=popk"])
+    with pytest.raises(ConfigError, match="model.news.nope"):
+        with_variant(cfg, "nrms", {"model.news.nope": 1})
+    with pytest.raises(ConfigError, match="train.negatives"):
+        with_variant(cfg, "nrms", {"train.negatives": "many"})
+    with pytest.raises(ValueError, match="names a model"):
+        train_jobs(load_config(["experiment=genre", "ablations.0.variants.0.model=nrms"]))
+
+
 def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
     work = tmp_path / "run"
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # private Ray; socket paths must stay short
@@ -39,7 +66,7 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
                 f"encoder.embed.ray.temp_dir={ray_dir}", "encoder.finetune.steps=4", "encoder.finetune.deepspeed=zero0",
                 f"generate.ray.temp_dir={ray_dir}", f"generate.cache_dir={tmp_path / 'llm-cache'}",
                 "generate.task.max_news=2", "generate.task.max_users=1", "generate.task.news_per_user=1",
-                "train.max_steps=6", "train.checkpoint_every_n_steps=3", "train.progress=false"]
+                "train.max_steps=12", "train.checkpoint_every_n_steps=6", "train.progress=false"]
     first = newsrec("run", "experiment=quickstart", *settings, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     report = (work / "report.md").read_text()
@@ -57,7 +84,7 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
         assert (work / "node2vec" / graph / "embeddings.parquet").is_file()
     assert "## Recommenders" in report and "GENRE cost per gain" in report
     for model in ("nrms", "lecop", "nrms_genre"):
-        assert f"| {model} | 6 |" in report and f"| {model} | warm |" in report
+        assert f"| {model} | 12 |" in report and f"| {model} | warm |" in report
         assert (work / "train" / model / "model.safetensors").is_file(), model
     coverage = json.loads((work / "train" / "lecop" / "summary.json").read_text())["coverage"]
     assert {entry["keyed_by"] for entry in coverage.values()} == {"news", "keyword"}
@@ -74,11 +101,66 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
     generated = work / "generate" / "chain" / "manifest.json"
     trained = work / "train" / "lecop" / "manifest.json"
     stamps = [path.stat().st_mtime_ns for path in (raw_file, parquet, embeddings, generated, trained)]
+    assert_html_report(work, ["curves-models.png", "timings.png"])
     second = newsrec("run", "experiment=quickstart", *settings, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert [path.stat().st_mtime_ns for path in (raw_file, parquet, embeddings, generated, trained)] == stamps
+    rerun_report = (work / "report.md").read_text()
+    for stage in ("synth", "graphs", "node2vec", "finetune", "generate", "train", "eval"):
+        assert re.search(rf"\| {stage} \| [0-9.]+ \| up to date \(skipped\) \|", rerun_report), stage
     unknown = newsrec("node2vec", "train", "--graph", "news/w=9", *settings, cwd=tmp_path)
     assert unknown.returncode == 2 and "news/w=9" in unknown.stdout
+
+
+def assert_html_report(work: Path, figures: list[str]) -> None:
+    """report.html stands alone: every figure of report.md inlined as a PNG that decodes to a real chart."""
+    markdown_text, html = (work / "report.md").read_text(), (work / "report.html").read_text()
+    for name in figures:
+        assert f"](figures/{name})" in markdown_text, name
+        image = matplotlib.image.imread(work / "figures" / name)
+        assert image.shape[0] > 200 and image.shape[1] > 300 and image.std() > 0.01, name
+    assert html.count('src="data:image/png;base64,') == markdown_text.count("](figures/")
+    tables = sum(line.startswith("|---") for line in markdown_text.splitlines())
+    assert "src=\"figures/" not in html and html.count("<table>") == tables
+
+
+def test_killed_pipeline_resumes_and_from_reruns_the_later_stages(tmp_path: Path) -> None:
+    work = tmp_path / "run"
+    # POPK's ablation with arm k1 made equal to k0 (uniform negatives): it must be trained once, not twice
+    settings = ["experiment=popk", "data.synth.scale=tiny", f"paths.work_dir={work}", "train.max_steps=60",
+                "train.checkpoint_every_n_steps=5", "train.progress=false",
+                "ablations.0.variants.1.set={train.sampler.kind:uniform,train.sampler.popk_count:2}"]
+    command = [sys.executable, "-m", "newsrec_dist.cli", "run", *settings]
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    checkpoints = work / "train" / ".partial-popk.k2" / "checkpoints"
+    deadline = time.monotonic() + 600
+    while not list(checkpoints.glob("*step=*.ckpt")):  # killed mid-training of the third arm
+        assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    kept = [work / "prepared" / "synth-tiny" / "manifest.json", work / "train" / "popk.k0" / "manifest.json"]
+    stamps = [path.stat().st_mtime_ns for path in kept]
+    second = newsrec("run", *settings, cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert [path.stat().st_mtime_ns for path in kept] == stamps
+    assert "popk.k1: the same run as popk.k0" in second.stdout
+    assert not (work / "train" / "popk.k1").exists()
+    assert json.loads((work / "train" / "popk.k2" / "summary.json").read_text())["resumed_from"]
+    report = (work / "report.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:5] for line in report.splitlines()
+            if re.match(r"\| k[0-4] \|", line)}
+    assert sorted(rows) == ["k0", "k1", "k2", "k3", "k4"] and rows["k1"] == rows["k0"] != rows["k4"]
+    assert re.search(r"\| synth \| [0-9.]+ \| up to date \(skipped\) \|", report)
+    assert re.search(r"\| train \| [0-9.]+ \| ran \|", report)
+    assert_html_report(work, ["ablation-popk.png", "curves-popk.png", "timings.png"])
+    eval_manifest, trained = work / "eval" / "manifest.json", work / "train" / "popk.k4" / "manifest.json"
+    before = eval_manifest.stat().st_mtime_ns, trained.stat().st_mtime_ns
+    third = newsrec("run", "--from", "eval", *settings, cwd=tmp_path)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert eval_manifest.stat().st_mtime_ns > before[0] and trained.stat().st_mtime_ns == before[1]
+    assert "stage eval done" in third.stdout and "stage train up to date, skipped" in third.stdout
 
 
 def test_bad_options_fail_with_a_clear_message(tmp_path: Path) -> None:
@@ -87,6 +169,8 @@ def test_bad_options_fail_with_a_clear_message(tmp_path: Path) -> None:
     assert "unknown synth scale 'huge'" in result.stdout
     result = newsrec("run", "stages=[synth,teleport]", f"paths.work_dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 2 and "unknown stage(s) ['teleport']" in result.stdout
+    result = newsrec("run", "--from", "embed", "stages=[synth]", f"paths.work_dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 2 and "--from embed: not a stage of this run" in result.stdout
     result = newsrec("data", "synth", "data.synth.seed=many", cwd=tmp_path)
     assert result.returncode == 2 and "data.synth.seed=many" in result.stdout
 

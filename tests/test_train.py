@@ -80,7 +80,7 @@ def lecop_overrides(prepared: Path, workdir: Path) -> list[str]:
     graph = workdir / "graph"
     graph.mkdir(parents=True, exist_ok=True)
     write_vectors(graph, news["news_id"].to_pylist(), np.eye(codes.max() + 1, dtype=np.float32)[codes] + 0.1)
-    Manifest(stage="test-vectors", inputs={}, config={}).write(graph)
+    Manifest(stage="node2vec", inputs={}, config={}).write(graph)
     return ["model=lecop", f"model.news.views.0.sources=[{workdir / 'embeddings' / glove['name']},{graph}]"]
 
 

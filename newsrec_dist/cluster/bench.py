@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from newsrec_dist.charts import chart
 from newsrec_dist.cluster.stages import cli_words
 from newsrec_dist.config import ConfigError, load_config
 from newsrec_dist.measure import Measurement, append_csv, machine_line, measured
@@ -92,21 +93,14 @@ def with_scaling(rows: list[dict]) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     workers = [row["workers"] for row in rows]
-    figure, axis = plt.subplots(figsize=(5, 3.5))
-    axis.plot(workers, [row["throughput"] for row in rows], "o-", label="measured")
-    axis.plot(workers, [rows[0]["throughput"] * n / workers[0] for n in workers], "--", color="grey", label="linear")
-    axis.set(xlabel="workers", ylabel=rows[0]["unit"], title=f"{rows[0]['stage']}: throughput by workers",
-             xticks=workers)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with chart(path, width=5.0) as (axis,):
+        axis.plot(workers, [row["throughput"] for row in rows], "o-", label="measured")
+        axis.plot(workers, [rows[0]["throughput"] * n / workers[0] for n in workers], "--", color="grey",
+                  label="linear")
+        axis.set(xlabel="workers", ylabel=rows[0]["unit"], title=f"{rows[0]['stage']}: throughput by workers",
+                 xticks=workers)
+        axis.legend()
 
 
 def markdown(rows: list[dict], command: str, png: Path) -> str:

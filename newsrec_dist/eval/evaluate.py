@@ -19,7 +19,7 @@ from newsrec_dist.eval.impressions import (
     ClickCounter, ImpressionSet, NewsCatalog, load_catalog, load_clicks, load_impressions,
 )
 from newsrec_dist.eval.metrics import diversity_metrics, impression_metrics, summarize, write_prediction_file
-from newsrec_dist.io import atomic_write_text
+from newsrec_dist.io import Manifest, artifact_fingerprint, atomic_dir, atomic_write_text, is_up_to_date
 
 RANKING_METRICS = ("auc", "mrr", "ndcg@5", "ndcg@10")
 
@@ -75,22 +75,29 @@ def run_baselines(
     prepared_dir: Path, out_dir: Path, names: list[str], split: str, labeled_splits: list[str],
     cold_history_max: int, diversity_k: int, seed: int, write_predictions: bool,
 ) -> dict[str, Any]:
-    """Evaluate each named baseline; writes ``metrics.json`` (and MIND ``prediction-<name>.txt``)."""
+    """Evaluate each named baseline into ``out_dir`` (``metrics.json``, MIND ``prediction-<name>.txt``); a no-op
+    returning the saved metrics when the data and settings are unchanged."""
     unknown = sorted(set(names) - set(BASELINES))
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
+    inputs = {"prepared": artifact_fingerprint(prepared_dir)}
+    config = {"baselines": names, "split": split, "labeled": labeled_splits, "cold_history_max": cold_history_max,
+              "diversity_k": diversity_k, "seed": seed, "predictions": write_predictions}
+    if is_up_to_date(out_dir, "eval", inputs, config):
+        return json.loads((out_dir / "metrics.json").read_text())
     data = load_eval_data(prepared_dir, split, labeled_splits)
     context = ScoringContext(catalog=data.catalog, popularity=data.popularity, seed=seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {}
-    for name in names:
-        scores = BASELINES[name](data.impressions, context)
-        results[name] = evaluate_scores(data, scores, cold_history_max, diversity_k)
-        if write_predictions:
-            write_prediction_file(out_dir / f"prediction-{name}.txt", data.impressions.impression_id,
-                                  scores, data.impressions.offsets)
-    payload = {"split": split, "impressions": data.impressions.size, "models": results}
-    atomic_write_text(out_dir / "metrics.json", json.dumps(payload, indent=2))
+    with atomic_dir(out_dir) as work:
+        results: dict[str, Any] = {}
+        for name in names:
+            scores = BASELINES[name](data.impressions, context)
+            results[name] = evaluate_scores(data, scores, cold_history_max, diversity_k)
+            if write_predictions:
+                write_prediction_file(work / f"prediction-{name}.txt", data.impressions.impression_id,
+                                      scores, data.impressions.offsets)
+        payload = {"split": split, "impressions": data.impressions.size, "models": results}
+        atomic_write_text(work / "metrics.json", json.dumps(payload, indent=2))
+        Manifest(stage="eval", inputs=inputs, config=config, rows={"impressions": data.impressions.size}).write(work)
     return payload
 
 

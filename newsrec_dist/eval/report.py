@@ -1,12 +1,18 @@
-"""Markdown report of a pipeline run: data, row accounting, recommenders, metrics, stage timings."""
+"""Report of a pipeline run (Markdown + self-contained HTML + PNG charts): data, row accounting, graphs,
+encoder, generation, recommenders with training curves, ablation tables and charts, metrics, stage timings, config."""
 
 from __future__ import annotations
 
+import base64
+import html
+import re
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from newsrec_dist.charts import grouped_bars, horizontal_bars, line_chart
 from newsrec_dist.eval.evaluate import metrics_markdown
 from newsrec_dist.io import atomic_write_text
 
@@ -83,6 +89,23 @@ def _generation_table(costs: dict[str, Any]) -> str:
 
 
 GENRE_TASKS = ("summarize", "profile")  # what the GENRE variant (nrms_genre) consumes
+FIGURES = "figures"  # PNGs beside report.md; report.html carries them inline
+
+
+def llm_cost(generation: dict[str, Any], tasks: list[str]) -> tuple[int, float]:
+    """Tokens (new and cached: the work an LLM did for them) and USD of these generation tasks."""
+    tokens, usd = 0, 0.0
+    for cost in [generation[task] for task in tasks if task in generation]:
+        for part in [cost, *([cost["profiler"]] if "profiler" in cost else [])]:  # the chain's profiler step
+            tokens += (part["prompt_tokens"] + part["completion_tokens"] + part["cached_prompt_tokens"]
+                       + part["cached_completion_tokens"])
+            usd += part["cost_usd"]
+    return tokens, usd
+
+
+def cost_per_point(gain: float, tokens: int, usd: float) -> str:
+    """Cost per +0.01 AUC (GENRE's cost-conversion rate)."""
+    return f"{tokens / (gain * 100):.0f} tokens, ${usd / (gain * 100):.4f}" if gain > 0 else "no gain"
 
 
 def _training_section(runs: dict[str, Any], generation: dict[str, Any] | None, diversity_k: int) -> str:
@@ -96,17 +119,125 @@ def _training_section(runs: dict[str, Any], generation: dict[str, Any] | None, d
     if generation and {"nrms", "nrms_genre"} <= set(runs):
         gain = runs["nrms_genre"]["metrics"]["all"]["auc"] - runs["nrms"]["metrics"]["all"]["auc"]
         tasks = [task for task in GENRE_TASKS if task in generation]
-        tokens = sum(generation[t]["prompt_tokens"] + generation[t]["completion_tokens"] +
-                     generation[t]["cached_prompt_tokens"] + generation[t]["cached_completion_tokens"] for t in tasks)
-        usd = sum(generation[task]["cost_usd"] for task in tasks)
-        per_point = f"{tokens / (gain * 100):.0f} tokens, ${usd / (gain * 100):.4f}" if gain > 0 else "no gain"
+        tokens, usd = llm_cost(generation, tasks)
         lines += ["", "GENRE cost per gain (nrms_genre vs nrms, LLM work of "
-                  f"{' + '.join(tasks)}): AUC {gain:+.4f} for {tokens} tokens (${usd:.4f}); per +0.01 AUC: {per_point}."]
+                  f"{' + '.join(tasks)}): AUC {gain:+.4f} for {tokens} tokens (${usd:.4f}); per +0.01 AUC: "
+                  f"{cost_per_point(gain, tokens, usd)}."]
     return "\n".join(lines)
 
 
-def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, float]) -> Path:
-    """Write ``<work_dir>/report.md`` from what the stages produced; returns its path."""
+def _value(metrics: dict[str, Any], group: str, key: str) -> str:
+    return f"{metrics[group][key]:.4f}" if group in metrics else "-"
+
+
+def _ablation_rows(ablation: DictConfig, arms: list[dict[str, str]], runs: dict[str, Any],
+                   generation: dict[str, Any] | None, diversity_k: int) -> list[str]:
+    """A row per arm: ranking metrics, new vs warm users, diversity, gain over the baseline, LLM cost per gain."""
+    tasks = {variant.name: list(variant.llm_tasks) for variant in ablation.variants}
+    with_cost = bool(generation) and any(tasks.values())
+    baseline = {arm["model"]: runs[arm["run"]]["metrics"]["all"]["auc"] for arm in arms
+                if arm["variant"] == ablation.baseline}
+    header = ["variant", *(["model"] if ablation.models else []), "AUC", "MRR", "nDCG@5", "nDCG@10", "AUC new",
+              "AUC warm", f"entropy@{diversity_k}", f"popularity@{diversity_k}",
+              *([f"Δ AUC vs {ablation.baseline}"] if ablation.baseline else []),
+              *(["LLM tokens", "USD", "per +0.01 AUC"] if with_cost else [])]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + ("---|" if ablation.models else "") +
+             "---:|" * (len(header) - 1 - bool(ablation.models))]
+    for arm in arms:
+        metrics = runs[arm["run"]]["metrics"]
+        cells = [arm["variant"], *([arm["model"]] if ablation.models else []),
+                 *(_value(metrics, "all", key) for key in ("auc", "mrr", "ndcg@5", "ndcg@10")),
+                 _value(metrics, "new", "auc"), _value(metrics, "warm", "auc"),
+                 _value(metrics, "all", f"category_entropy@{diversity_k}"),
+                 _value(metrics, "all", f"mean_popularity@{diversity_k}")]
+        gain = metrics["all"]["auc"] - baseline[arm["model"]] if arm["model"] in baseline else None
+        if ablation.baseline:
+            cells.append(f"{gain:+.4f}" if gain is not None else "-")
+        if with_cost:
+            tokens, usd = llm_cost(generation, tasks[arm["variant"]])
+            cells += [str(tokens), f"{usd:.4f}",
+                      cost_per_point(gain, tokens, usd) if tokens and gain is not None else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _ablation_chart(ablation: DictConfig, arms: list[dict[str, str]], runs: dict[str, Any], diversity_k: int,
+                    path: Path) -> None:
+    """AUC and category entropy by variant, a bar per model."""
+    variants = list(dict.fromkeys(arm["variant"] for arm in arms))
+    models = list(dict.fromkeys(arm["model"] for arm in arms))
+    value = {(arm["variant"], arm["model"]): runs[arm["run"]]["metrics"]["all"] for arm in arms}
+    panels = {label: {model: [value[(variant, model)][key] if (variant, model) in value else float("nan")
+                              for variant in variants] for model in models}
+              for label, key in (("AUC", "auc"), (f"category entropy@{diversity_k}",
+                                                    f"category_entropy@{diversity_k}"))}
+    grouped_bars(path, ablation.name, variants, panels)
+
+
+def training_curve(run_dir: Path) -> tuple[list[int], list[float]]:
+    """Training loss by step from the run's CSV logs (a resumed run logs into a new version; later rows win)."""
+    logs = sorted(run_dir.glob("logs/version_*/metrics.csv"), key=lambda path: int(path.parent.name.split("_")[1]))
+    # a run shorter than Lightning's logging interval has no train_loss column
+    frames = [frame for frame in map(pd.read_csv, logs) if "train_loss" in frame]
+    if not frames:
+        return [], []
+    table = pd.concat(frames).dropna(subset=["train_loss"]).drop_duplicates("step", keep="last").sort_values("step")
+    return table["step"].astype(int).tolist(), table["train_loss"].astype(float).tolist()
+
+
+def _curves_chart(title: str, names: list[str], runs: dict[str, Any], train_dir: Path, path: Path) -> bool:
+    """Training loss of these runs (each distinct run once); False when none logged a loss."""
+    lines = {name: training_curve(train_dir / runs[name]["model"]) for name in names}
+    lines = {name: points for name, points in lines.items() if points[0]}
+    if lines:
+        line_chart(path, title, "step", "training loss", lines)
+    return bool(lines)
+
+
+def _figure(title: str, path: Path, work_dir: Path) -> list[str]:
+    return [f"![{title}]({path.relative_to(work_dir).as_posix()})", ""]
+
+
+def _recommender_sections(cfg: DictConfig, outputs: dict[str, Any], work_dir: Path) -> list[str]:
+    runs, generation, k = outputs["train"], outputs.get("generate"), cfg.eval.diversity_k
+    figures, train_dir = work_dir / FIGURES, Path(cfg.train.output_dir)
+    sections: list[str] = []
+    models = [name for name in cfg.train.models if name in runs]
+    if models:
+        sections += ["## Recommenders (dev split, best checkpoint by dev AUC)", "",
+                     _training_section({name: runs[name] for name in models}, generation, k), ""]
+        if _curves_chart("training loss", models, runs, train_dir, figures / "curves-models.png"):
+            sections += _figure("training loss", figures / "curves-models.png", work_dir)
+    for ablation in cfg.ablations:
+        arms = outputs.get("ablations", {}).get(ablation.name, [])
+        if not arms:
+            continue
+        sections += [f"## Ablation `{ablation.name}`: {ablation.title or ablation.name}", "",
+                     *_ablation_rows(ablation, arms, runs, generation, k), "",
+                     "Runs with equal configuration are trained once and share their row values. `new` users have "
+                     f"at most {cfg.eval.cold_history_max} history clicks.", ""]
+        _ablation_chart(ablation, arms, runs, k, figures / f"ablation-{ablation.name}.png")
+        sections += _figure(ablation.title or ablation.name, figures / f"ablation-{ablation.name}.png", work_dir)
+        curve = figures / f"curves-{ablation.name}.png"
+        if _curves_chart(f"{ablation.name}: training loss", [arm["run"] for arm in arms], runs, train_dir, curve):
+            sections += _figure(f"{ablation.name}: training loss", curve, work_dir)
+    return sections
+
+
+def _timings_section(timings: dict[str, float], ran: dict[str, bool], work_dir: Path) -> list[str]:
+    rows = [f"| {name} | {seconds:.1f} | {'ran' if ran.get(name, True) else 'up to date (skipped)'} |"
+            for name, seconds in timings.items()]
+    sections = ["## Stage timings", "", "| stage | seconds | this run |", "|---|---:|---|", *rows, ""]
+    if timings:
+        horizontal_bars(work_dir / FIGURES / "timings.png", "seconds per stage", "seconds", timings)
+        sections += _figure("seconds per stage", work_dir / FIGURES / "timings.png", work_dir)
+    return sections
+
+
+def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, float],
+                 ran: dict[str, bool] | None = None) -> Path:
+    """Write ``<work_dir>/report.md``, ``report.html`` (self-contained) and ``figures/*.png``; returns the .md."""
+    work_dir = Path(cfg.paths.work_dir)
     sections = [f"# newsrec-dist report: {cfg.experiment_name}", ""]
     sections += [f"Data: `{cfg.data.name}` ({cfg.data.source}), evaluated on split `{cfg.eval.split}`.", ""]
     if "synth" in outputs:
@@ -125,15 +256,41 @@ def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, fl
     if outputs.get("generate"):
         sections += ["## LLM generation (GENRE, LECOP keywords)", "", _generation_table(outputs["generate"]), ""]
     if outputs.get("train"):
-        sections += ["## Recommenders (dev split, best checkpoint by dev AUC)", "",
-                     _training_section(outputs["train"], outputs.get("generate"), cfg.eval.diversity_k), ""]
+        sections += _recommender_sections(cfg, outputs, work_dir)
     if "eval" in outputs:
         sections += ["## Metrics (per impression, then averaged; MIND definitions)", "",
                      metrics_markdown(outputs["eval"], cfg.eval.diversity_k), "",
                      f"`new` users have at most {cfg.eval.cold_history_max} history clicks.", ""]
-    sections += ["## Stage timings", "", "| stage | seconds |", "|---|---:|",
-                 *[f"| {name} | {seconds:.1f} |" for name, seconds in timings.items()], ""]
+    sections += _timings_section(timings, ran or {}, work_dir)
     sections += ["## Configuration", "", "```yaml", OmegaConf.to_yaml(cfg).rstrip(), "```", ""]
-    path = Path(cfg.paths.work_dir) / "report.md"
-    atomic_write_text(path, "\n".join(sections))
+    text = "\n".join(sections)
+    path = work_dir / "report.md"
+    atomic_write_text(path, text)
+    atomic_write_text(work_dir / "report.html", markdown_to_html(text, work_dir, f"newsrec-dist: {cfg.experiment_name}"))
     return path
+
+
+IMAGE_SOURCE = re.compile(r'src="(figures/[\w.-]+\.png)"')  # only our own figures: no path leaves them
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}"
+         "table{border-collapse:collapse;margin:1rem 0;font-size:.85rem}th,td{border:1px solid #ccc;"
+         "padding:.25rem .5rem}th{background:#f3f3f3}td{text-align:right}td:first-child{text-align:left}"
+         "img{max-width:100%}pre{background:#f6f6f6;padding:1rem;overflow-x:auto;font-size:.8rem}")
+
+
+def markdown_to_html(text: str, base: Path, title: str) -> str:
+    """One HTML file: the Markdown rendered, its PNGs inlined as data URIs. Raw HTML in the text (dataset
+    strings such as PageRank leaders are untrusted) is escaped, never passed through."""
+    import markdown
+
+    renderer = markdown.Markdown(extensions=["tables", "fenced_code"], output_format="html")
+    renderer.preprocessors.deregister("html_block")
+    renderer.inlinePatterns.deregister("html")
+    body = renderer.convert(text)
+
+    def inline(match: re.Match[str]) -> str:
+        data = base64.b64encode((base / match.group(1)).read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    body = IMAGE_SOURCE.sub(inline, body)
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")

@@ -27,7 +27,7 @@ from newsrec_dist.generate import tasks
 from newsrec_dist.generate.backends import model_id
 from newsrec_dist.generate.engine import PARTS_DIR, RESULTS_FILE, TaskRows, generate_rows
 from newsrec_dist.generate.prompts import PromptTemplate, load_template
-from newsrec_dist.io import Manifest, ResumableDir, artifact_fingerprint, is_up_to_date, read_manifest
+from newsrec_dist.io import Manifest, ResumableDir, artifact_fingerprint, is_up_to_date, read_manifest, sha256_file
 from newsrec_dist.progress import ProgressFactory, no_progress
 
 TASKS = ("keywords", "summarize", "profile", "news", "chain")
@@ -103,7 +103,11 @@ class GenerationRun:
 
         def outputs(results: pa.Table, work: Path) -> dict[str, pa.Table]:
             synthetic = tasks.synthetic_news(results, self.news)
-            tasks.write_augmented_dataset(synthetic, self.prepared_dir, self.splits, work / "prepared")
+            counts = tasks.write_augmented_dataset(synthetic, self.prepared_dir, self.splits, work / "prepared")
+            # a prepared dataset of its own (GENRE NG: data.prepared_dir=...): trainers key their runs by it
+            Manifest(stage=f"generate-{name}-prepared", rows=counts, config={"splits": self.splits},
+                     inputs={"prepared": artifact_fingerprint(self.prepared_dir),
+                             "news": sha256_file(work / "prepared" / "news.parquet")}).write(work / "prepared")
             return {"synthetic_news.parquet": synthetic}
 
         return self._task(rows, outputs, upstream)

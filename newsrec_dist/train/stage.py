@@ -80,7 +80,8 @@ def _input_fingerprints(cfg: DictConfig, model: ModelConfig, train: TrainConfig)
 
 def plan(cfg: DictConfig) -> TrainRun:
     model, train = as_object(cfg.model), as_object(cfg.train)
-    config = {"model": to_container(cfg.model),
+    # the run's name labels it and is not part of what it computes: two ablation arms that are one run share it
+    config = {"model": {k: v for k, v in to_container(cfg.model).items() if k != "name"},
               "train": {k: v for k, v in to_container(cfg.train).items() if k not in RUNTIME_KEYS},
               "eval": {"cold_history_max": cfg.eval.cold_history_max, "diversity_k": cfg.eval.diversity_k}}
     return TrainRun(cfg=cfg, model=model, train=train, prepared=Path(cfg.data.prepared_dir),
