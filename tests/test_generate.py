@@ -31,6 +31,7 @@ from newsrec_dist.generate.prompts import clean_text, load_template
 from newsrec_dist.generate.stage import run_generation
 from newsrec_dist.generate.tasks import user_histories
 from newsrec_dist.graphs.keywords import KEYWORDS_SCHEMA
+from newsrec_dist.io import artifact_fingerprint, read_manifest
 
 KEYWORDS = load_template("keywords").schema
 TEST_KEY_ENV, TEST_KEY = "NEWSREC_TEST_KEY", "test-secret"
@@ -142,6 +143,8 @@ def _check_augmented(artifact: Path, prepared: Path, histories: dict[str, list[s
     assert synthetic.num_rows > 0 and not set(synthetic["news_id"].to_pylist()) & set(original["news_id"].to_pylist())
     assert set(synthetic["category"].to_pylist()) <= set(original["category"].to_pylist())
     assert read_news_table(artifact / "prepared").num_rows == original.num_rows + synthetic.num_rows
+    # a dataset of its own (GENRE NG trains on it): its manifest names the data it grew from
+    assert read_manifest(artifact / "prepared")["inputs"]["prepared"] == artifact_fingerprint(prepared)
     added: dict[str, list[str]] = {}
     for key, user in zip(synthetic["news_id"].to_pylist(), synthetic["user_id"].to_pylist()):
         added.setdefault(user, []).append(key)

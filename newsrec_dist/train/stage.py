@@ -195,13 +195,13 @@ def newest_checkpoint(directory: Path) -> Path | None:
 
 
 def fit(run: TrainRun, work: Path, strategy: Any = None, plugins: list[Any] | None = None,
-        prepare: Callable[[pl.Trainer], pl.Trainer] | None = None) -> pl.Trainer:
+        prepare: Callable[[pl.Trainer], pl.Trainer] | None = None, data: TrainData | None = None) -> pl.Trainer:
     """Train (resuming from ``work/checkpoints`` when it holds a checkpoint); the same code on every rank."""
     cfg = run.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = load_train_data(run)
+    data = data or load_train_data(run)
     module = RecommenderModule(build_model(run, data), cfg)
     checkpoints = work / CHECKPOINTS
     callbacks = [
@@ -237,7 +237,8 @@ def _resumes(work: Path) -> list[str]:
     return path.read_text().split() if path.is_file() else []
 
 
-def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_progress) -> dict[str, Any]:
+def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_progress,
+           data: TrainData | None = None) -> dict[str, Any]:
     """Reload the best checkpoint, evaluate it on the dev split, export weights and publish the run."""
     checkpoints = work.path / CHECKPOINTS
     best = checkpoints / f"{BEST}.ckpt"
@@ -245,7 +246,7 @@ def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_pro
     if chosen is None:
         raise RuntimeError(f"{checkpoints}: training wrote no checkpoint")
     checkpoint = torch.load(chosen, map_location="cpu", weights_only=True)
-    data = load_train_data(run, progress)
+    data = data or load_train_data(run, progress)
     model = build_model(run, data)
     model.load_state_dict({key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()})
     device = torch.device("cuda" if run.train.accelerator == "gpu" and torch.cuda.is_available() else "cpu")
@@ -286,6 +287,9 @@ def train_model(cfg: DictConfig, progress: ProgressFactory = no_progress) -> dic
         from newsrec_dist.train.ray_train import fit_on_ray
 
         fit_on_ray(run, work.path)
-    elif fit(run, work.path).global_rank != 0:
+        return finish(run, work, progress)
+    # one load serves fit and finish (PLM-NR's frozen layers run over every news item once, not twice)
+    data = load_train_data(run, progress)
+    if fit(run, work.path, data=data).global_rank != 0:
         return {}
-    return finish(run, work, progress)
+    return finish(run, work, progress, data)
