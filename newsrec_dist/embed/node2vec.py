@@ -163,6 +163,9 @@ def train_graph(graphs_dir: Path, graph: str, out_dir: Path, cfg: Node2VecConfig
     model = build_model(edge_index, len(keys), cfg).to(device)
     optimizer = make_optimizer(model, cfg)
     start_nodes = torch.from_numpy(np.flatnonzero(np.diff(model.rowptr.numpy())))
+    if not len(start_nodes):
+        raise ValueError(f"{Path(graphs_dir) / graph}: the graph has no edges, nothing to embed (a window w pairs "
+                         f"each click with the next w-1, so w=1 gives none); drop it from node2vec.graphs")
     work = ResumableDir(final, Manifest(stage="node2vec", inputs=inputs, config=config).fingerprint())
     done = int(work.state.get("epochs_done", 0))
     losses = list(work.state.get("losses", []))
