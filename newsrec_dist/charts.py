@@ -52,7 +52,8 @@ def grouped_bars(path: Path, title: str, categories: Sequence[str],
             high = max(max(values) for values in series.values())
             margin = (high - low) * 0.2 or abs(high) * 0.05 or 0.01
             axis.set(title=f"{title}: {metric}", ylabel=metric, ylim=(low - margin, high + margin))
-            axis.set_xticks(positions, categories, rotation=30 if len(categories) > 4 else 0, ha="right")
+            crowded = len(categories) > 4 or max(map(len, categories)) > 6
+            axis.set_xticks(positions, categories, rotation=30 if crowded else 0, ha="right" if crowded else "center")
             axis.grid(axis="y", alpha=0.3)
             if len(series) > 1:
                 axis.legend(fontsize="small")
