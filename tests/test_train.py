@@ -121,14 +121,17 @@ def test_genre_titles_and_profiles_feed_the_model(planted: Path, tmp_path: Path)
 
 @pytest.mark.slow
 def test_popk_lowers_the_popularity_of_recommendations(planted: Path, tmp_path: Path) -> None:
-    """NRMS with an item-ID view (which can learn popularity): popular negatives push popular news down."""
+    """NRMS with an item-ID view (which can learn popularity): popular negatives push popular news down.
+
+    All four negatives popular, so the push shows well above run-to-run noise (k = 2 or 3 moved mean popularity by
+    only 3-4 % here); it costs accuracy, as docs/results/popk shows, so only the popularity shift is asserted."""
     with_ids = ("model.news.views=[{kind: text, column: title}, {kind: id}]", "model.news.combine=sum")
     uniform = train(planted, tmp_path / "uniform", *with_ids)["metrics"]["all"]
-    popk = train(planted, tmp_path / "popk", *with_ids, "train.sampler.kind=popk")["metrics"]["all"]
+    popk = train(planted, tmp_path / "popk", *with_ids, "train.sampler.kind=popk",
+                 "train.sampler.popk_count=4")["metrics"]["all"]
     print(f"uniform {uniform['auc']:.4f} / {uniform['mean_popularity@10']:.2f}, "
           f"popk {popk['auc']:.4f} / {popk['mean_popularity@10']:.2f}")
-    assert popk["mean_popularity@10"] < 0.95 * uniform["mean_popularity@10"]
-    assert abs(popk["auc"] - uniform["auc"]) < 0.05
+    assert popk["mean_popularity@10"] < 0.9 * uniform["mean_popularity@10"]
 
 
 def _cli(prepared: Path, out: Path, *extra: str) -> list[str]:
