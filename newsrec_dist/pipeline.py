@@ -140,13 +140,14 @@ def stage_train(state: RunState) -> None:
     trained: dict[str, str] = {}  # run fingerprint → the first run name with it: equal arms train once
     for job in train_jobs(state.cfg):
         cfg = with_variant(state.cfg, job.model, job.settings)
-        fingerprint = plan(cfg).fingerprint
+        run = plan(cfg)
+        fingerprint = run.fingerprint
         if fingerprint in trained:
             console.print(f"{job.name}: the same run as {trained[fingerprint]}")
             summaries[job.name] = summaries[trained[fingerprint]]
         else:
             console.rule(f"train {job.name}")
-            summaries[job.name] = train_model(cfg, _bars)
+            summaries[job.name] = train_model(cfg, _bars, run)
             trained[fingerprint] = job.name
         if job.ablation is not None:
             arms.setdefault(job.ablation, []).append({"variant": job.variant, "model": job.model, "run": job.name})

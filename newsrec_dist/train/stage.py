@@ -274,9 +274,10 @@ def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_pro
     return summary
 
 
-def train_model(cfg: DictConfig, progress: ProgressFactory = no_progress) -> dict[str, Any]:
-    """Train ``cfg.model`` (or reuse a finished run with the same inputs and config); returns its summary."""
-    run = plan(cfg)
+def train_model(cfg: DictConfig, progress: ProgressFactory = no_progress, run: TrainRun | None = None) -> dict[str, Any]:
+    """Train ``cfg.model`` (or reuse a finished run with the same inputs and config); returns its summary.
+    ``run``: ``plan(cfg)`` when the caller already made it (its input hashes are not computed twice)."""
+    run = run or plan(cfg)
     existing = read_manifest(run.final)
     if existing is not None and existing.get("fingerprint") == run.fingerprint:
         return dict(existing["extra"])
