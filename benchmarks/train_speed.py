@@ -36,8 +36,8 @@ def run_model(args: argparse.Namespace, model: str) -> dict:
     summary = json.loads((work / model / "summary.json").read_text())
     return {"model": model, "steps": summary["steps"], "batch": args.batch_size,
             "train_samples_per_s": round(summary["epochs"][-1]["samples_per_second"], 1),
-            "eval_impressions": summary["eval_impressions"],
-            "eval_impressions_per_s": round(summary["eval_impressions_per_second"]),
+            "eval_impressions": summary["eval_rows"],
+            "eval_impressions_per_s": round(summary["eval_rows_per_second"]),
             "dev_auc": round(summary["metrics"]["all"]["auc"], 4), "parameters": summary["parameters"],
             "wall_s": round(wall, 1), "peak_rss_mib": round(rss)}
 

@@ -197,14 +197,17 @@ def encoder_finetune(
 def encoder_embed(
     overrides: Overrides = None,
     base: bool = typer.Option(False, help="embed with the base model, no adapter (encoder.embed.use_adapter=false)"),
+    profiles: bool = typer.Option(False, help="embed the LLM item profiles (PFR) instead of the news text"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
-    """Embed every news item (title + abstract) with a Ray Data actor pool; resumes after a kill."""
-    from newsrec_dist.encoder.embed import embed_news
+    """Embed every news item (title + abstract) or item profile with a Ray Data actor pool; resumes after a kill."""
+    from newsrec_dist.encoder.embed import embed_news, embed_profiles
 
     cfg = _compose(overrides, **{"encoder.embed.use_adapter": "false" if base else None})
+    encoder = as_object(cfg.encoder)
     try:
-        summary = embed_news(as_object(cfg.encoder), Path(cfg.data.prepared_dir), _progress(quiet))
+        summary = (embed_profiles(encoder, _progress(quiet)) if profiles
+                   else embed_news(encoder, Path(cfg.data.prepared_dir), _progress(quiet)))
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(error)
     console.print(f"{summary['news']} news embedded ({summary['dim']}-d) → {cfg.encoder.embeddings_dir}/{summary['name']}")
@@ -226,7 +229,7 @@ def encoder_glove(overrides: Overrides = None, quiet: bool = typer.Option(False,
 
 @app.command("generate")
 def generate(
-    task: Annotated[list[str], typer.Argument(help="keywords | summarize | profile | news | chain (one or more), "
+    task: Annotated[list[str], typer.Argument(help="keywords | summarize | item_profile | profile | news | chain (one or more), "
                                                    "then key=value overrides")],
     overrides: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="config override key=value")] = None,
     quiet: bool = typer.Option(False, help="no progress bar"),

@@ -78,6 +78,7 @@ class EvalConfig:
     split: str = "dev"
     diversity_k: int = 10
     cold_history_max: int = 3
+    topk: list[int] = field(default_factory=lambda: [10, 20])  # graph_cf models: Recall/NDCG/MRR/Hit at these k
     write_prediction_file: bool = True
     output_dir: str = "${paths.work_dir}/eval"
 
@@ -213,6 +214,10 @@ class EmbedConfig:
     actor_cpus: float = 2.0
     actor_gpus: float = 0.0
     rows_per_part: int = 2048  # resume granularity: finished parts are never redone
+    # PFR: `encoder embed --profiles` embeds the LLM item profiles with the same model and pool
+    profiles_path: str = "${generate.output_dir}/item_profile/profiles.parquet"
+    profile_template: str = "{profile}"
+    profile_adapter: bool = False  # the fine-tuned adapter was trained on title → abstract, not on profiles
     ray: RayConfig = field(default_factory=RayConfig)
 
 
@@ -275,7 +280,7 @@ class BudgetConfig:
 class GenerateTasksConfig:
     """Per-task knobs: sizes, cold-user threshold, subsets for quick runs (None: every row)."""
 
-    max_news: int | None = None  # keywords, summarize: the first N news by id
+    max_news: int | None = None  # keywords, summarize, item_profile: the first N news by id
     max_users: int | None = None  # profile, news, chain: the first N eligible users by id
     history_titles: int = 20  # profile/news prompts: the most recent N clicked titles
     max_keywords: int = 5
@@ -289,7 +294,8 @@ class GenerateTasksConfig:
 class GenerateConfig:
     """LLM data generation (GENRE, LECOP keywords) through a Ray Data actor pool."""
 
-    tasks: list[str] = field(default_factory=lambda: ["keywords", "summarize", "profile", "news", "chain"])
+    tasks: list[str] = field(default_factory=lambda: ["keywords", "summarize", "item_profile", "profile", "news",
+                                                      "chain"])
     backend: LLMBackendConfig = field(default_factory=LLMBackendConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -377,12 +383,37 @@ class InterestConfig:
 
 
 @dataclass
+class ProfileAlignConfig:
+    """PFR: how LLM item-profile embeddings p_i shape LightGCN's item vectors (``vectors`` None: plain LightGCN)."""
+
+    vectors: str | None = None  # keyed vectors of the item profiles (``encoder embed --profiles``)
+    init: bool = True  # layer-0 item embeddings start as the profiles' top principal components
+    align_weight: float = 1.0  # weight of mean ||z_i - W p_i||² over a batch's items (W: learned linear map)
+    cold_items: bool = True  # items without a training click are scored with W p_i
+
+
+@dataclass
+class GraphCFConfig:
+    """LightGCN (torch-geometric) on the user-news click graph, trained with BPR (``model.kind: graph_cf``)."""
+
+    embedding_dim: int = 64
+    layers: int = 3
+    reg_weight: float = 1.0e-4  # L2 on the batch's layer-0 embeddings (PyG's recommendation_loss)
+    init_std: float = 0.1
+    profile: ProfileAlignConfig = field(default_factory=ProfileAlignConfig)
+
+
+@dataclass
 class ModelConfig:
     name: str = "nrms"
+    # impressions: news/user encoders on MIND impressions (AUC, MRR, nDCG per impression);
+    # graph_cf: LightGCN/PFR on the click graph, top-k over all news on a time split (``graph``)
+    kind: str = "impressions"
     news: NewsEncoderConfig = field(default_factory=NewsEncoderConfig)
     user: UserEncoderConfig = field(default_factory=UserEncoderConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     interest: InterestConfig = field(default_factory=InterestConfig)
+    graph: GraphCFConfig = field(default_factory=GraphCFConfig)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The main job: run the configured stages in order, each skipped when its artifact is current.
 
 Stages today: ``synth`` (or ``download`` for real MIND) → ``prepare`` → ``keywords`` → ``graphs`` →
-``node2vec`` → ``finetune`` → ``embed`` → ``glove`` → ``generate`` → ``train`` (every model in
+``node2vec`` → ``finetune`` → ``embed`` → ``glove`` → ``generate`` → ``embed_profiles`` (PFR) → ``train`` (every model in
 ``train.models`` and every arm of ``ablations``) → ``eval`` → ``report``. Each stage's artifacts carry manifests
 (config subset, input fingerprints, code hash), so an unchanged stage is skipped and a killed run resumes.
 """
@@ -89,6 +89,12 @@ def stage_embed(state: RunState) -> None:
     from newsrec_dist.encoder.embed import embed_news
 
     state.outputs["embed"] = embed_news(as_object(state.cfg.encoder), Path(state.cfg.data.prepared_dir), _bars)
+
+
+def stage_embed_profiles(state: RunState) -> None:
+    from newsrec_dist.encoder.embed import embed_profiles
+
+    state.outputs["embed_profiles"] = embed_profiles(as_object(state.cfg.encoder), _bars)
 
 
 def stage_glove(state: RunState) -> None:
@@ -182,6 +188,7 @@ STAGES: dict[str, Callable[[RunState], None]] = {
     "embed": stage_embed,
     "glove": stage_glove,
     "generate": stage_generate,
+    "embed_profiles": stage_embed_profiles,
     "train": stage_train,
     "eval": stage_eval,
     "report": stage_report,
@@ -190,7 +197,7 @@ STAGES: dict[str, Callable[[RunState], None]] = {
 
 def stage_outputs(cfg: DictConfig, name: str) -> list[Path]:
     """The artifact directories a stage writes (their manifests say whether it is current)."""
-    from newsrec_dist.encoder.embed import embedding_name
+    from newsrec_dist.encoder.embed import embedding_name, profiles_name
     from newsrec_dist.encoder.glove import NAME as GLOVE
 
     outputs = {
@@ -199,6 +206,7 @@ def stage_outputs(cfg: DictConfig, name: str) -> list[Path]:
         "node2vec": [cfg.node2vec.output_dir], "finetune": [cfg.encoder.output_dir],
         "embed": [Path(cfg.encoder.embeddings_dir) / embedding_name(as_object(cfg.encoder))],
         "glove": [Path(cfg.encoder.embeddings_dir) / GLOVE], "generate": [cfg.generate.output_dir],
+        "embed_profiles": [Path(cfg.encoder.embeddings_dir) / profiles_name(as_object(cfg.encoder))],
         "train": [cfg.train.output_dir], "eval": [cfg.eval.output_dir], "report": [],
     }
     return [Path(path) for path in outputs[name]]

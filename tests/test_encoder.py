@@ -138,8 +138,8 @@ def test_embed_with_ray_data_resumes_and_matches_direct_encoding(tiny: tuple[Pat
                           ["embeddings"].numpy(), vectors)
     tokenizer, backbone = load_backbone(minilm_path(), cfg.model)
     sample = [0, len(keys) // 2, len(keys) - 1]
-    texts = render_texts([news["title"][i] for i in sample], [news["abstract"][i] for i in sample],
-                         cfg.model.text_template)
+    texts = render_texts({"title": [news["title"][i] for i in sample],
+                          "abstract": [news["abstract"][i] for i in sample]}, cfg.model.text_template)
     direct = encode_texts(TextEncoder(backbone, "mean"), tokenizer, texts, cfg.model, 8, torch.device("cpu"))
     assert np.allclose(direct, vectors[sample], atol=1e-5)
 

@@ -65,7 +65,7 @@ def test_model_learns_planted_interests(model: str, extra: tuple[str, ...], plan
     run = tmp_path / "train" / model
     assert {"model.safetensors", "metrics.json", "prediction.txt", "summary.json", "manifest.json"} <= \
         {path.name for path in run.iterdir()}
-    assert len((run / "prediction.txt").read_text().splitlines()) == summary["eval_impressions"]
+    assert len((run / "prediction.txt").read_text().splitlines()) == summary["eval_rows"]
 
 
 def lecop_overrides(prepared: Path, workdir: Path) -> list[str]:

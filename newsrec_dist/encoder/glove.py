@@ -55,7 +55,7 @@ def glove_embeddings(prepared_dir: Path, embeddings_dir: Path, progress: Progres
     if is_up_to_date(final, "glove", inputs, config):
         return dict(read_manifest(final)["extra"])
     news = pq.read_table(Path(prepared_dir) / "news.parquet", columns=["news_id", "title", "abstract"]).to_pydict()
-    texts = render_texts(news["title"], news["abstract"], "{title} {abstract}")
+    texts = render_texts({"title": news["title"], "abstract": news["abstract"]}, "{title} {abstract}")
     with progress("glove baseline", 1) as advance:
         vocabulary, vectors = load_glove()
         means, known, found, missed = mean_vectors(texts, vocabulary, vectors)

@@ -11,7 +11,7 @@ directory, offline):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,9 @@ def encode_texts(encoder: nn.Module, tokenizer: Any, texts: Sequence[str], cfg: 
     return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.float32)
 
 
-def render_texts(titles: Sequence[str], abstracts: Sequence[str | None], template: str) -> list[str]:
-    """News text for embedding; dataset text fills the template's fields only, never its format."""
-    return [template.format(title=title or "", abstract=abstract or "").strip() for title, abstract in
-            zip(titles, abstracts)]
+def render_texts(columns: Mapping[str, Sequence[str | None]], template: str) -> list[str]:
+    """Texts for embedding, one per row of ``columns``; dataset text fills the template's fields only, never
+    its format (a ``{`` inside a title is just a character)."""
+    names = list(columns)
+    return [template.format(**{name: value or "" for name, value in zip(names, row)}).strip()
+            for row in zip(*columns.values())]

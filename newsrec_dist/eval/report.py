@@ -109,12 +109,12 @@ def cost_per_point(gain: float, tokens: int, usd: float) -> str:
 
 
 def _training_section(runs: dict[str, Any], generation: dict[str, Any] | None, diversity_k: int) -> str:
-    lines = ["| model | steps | best epoch | parameters | train samples/s | eval impressions/s |",
+    lines = ["| model | steps | best epoch | parameters | train samples/s | eval rows/s |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, run in runs.items():
         speed = run["epochs"][-1]["samples_per_second"] if run["epochs"] else float("nan")
         lines.append(f"| {name} | {run['steps']} | {run['best_epoch']} | {run['parameters']} | {speed:.0f} | "
-                     f"{run['eval_impressions_per_second']:.0f} |")
+                     f"{run['eval_rows_per_second']:.0f} {run['eval_unit']} |")
     lines += ["", metrics_markdown({"models": {name: run["metrics"] for name, run in runs.items()}}, diversity_k)]
     if generation and {"nrms", "nrms_genre"} <= set(runs):
         gain = runs["nrms_genre"]["metrics"]["all"]["auc"] - runs["nrms"]["metrics"]["all"]["auc"]
@@ -161,6 +161,52 @@ def _ablation_rows(ablation: DictConfig, arms: list[dict[str, str]], runs: dict[
     return lines
 
 
+TOPK_GROUPS = {"all": "all news", "cold_items": "cold news (no training click)", "warm_items": "warm news"}
+
+
+def _topk_table(names: list[str], labels: list[str], runs: dict[str, Any], group: str, ks: list[int],
+                baseline: str | None) -> list[str]:
+    """Recall/NDCG/MRR/Hit at each k for one group of news; Δ NDCG@max(k) against ``baseline`` (a run name)."""
+    keys = [f"{metric}@{k}" for k in ks for metric in ("recall", "ndcg", "mrr", "hit")]
+    top = f"ndcg@{max(ks)}"
+    header = ["run", *[key.replace("ndcg", "NDCG").replace("recall", "Recall").replace("mrr", "MRR")
+                       .replace("hit", "Hit") for key in keys], "users",
+              *([f"Δ NDCG@{max(ks)}"] if baseline else [])]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for name, label in zip(names, labels):
+        metrics = runs[name]["metrics"][group]
+        cells = [label, *(f"{metrics[key]:.4f}" for key in keys), str(metrics["users"])]
+        if baseline:
+            cells.append(f"{metrics[top] - runs[baseline]['metrics'][group][top]:+.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _topk_sections(names: list[str], labels: list[str], runs: dict[str, Any], ks: list[int],
+                   baseline: str | None) -> list[str]:
+    """A table per group of news (all, cold, warm) and the time split's accounting."""
+    sections: list[str] = []
+    for group, title in TOPK_GROUPS.items():
+        sections += [f"Top-k over {title}, test users of the time split:", "",
+                     *_topk_table(names, labels, runs, group, ks, baseline), ""]
+    split = runs[names[0]]["split"]
+    rows = [f"| {source} | {entry['rows']} | {entry['kept']} | "
+            f"{'; '.join(f'{reason}: {count}' for reason, count in entry['rejected'].items()) or '-'} |"
+            for source, entry in split.items() if isinstance(entry, dict)]
+    sections += ["Click graph (read = kept + rejected):", "", "| clicks | read | kept | rejected |",
+                 "|---|---:|---:|---|", *rows, "",
+                 f"{split['cold_items']} news have no training click; {split['cold_test_edges']} test clicks are on them.",
+                 ""]
+    return sections
+
+
+def _topk_chart(title: str, labels: list[str], names: list[str], runs: dict[str, Any], k: int, path: Path) -> None:
+    panels = {f"{metric}@{k}": {TOPK_GROUPS[group]: [runs[name]["metrics"][group][f"{key}@{k}"] for name in names]
+                                for group in ("all", "cold_items")}
+              for metric, key in (("Recall", "recall"), ("NDCG", "ndcg"))}
+    grouped_bars(path, title, labels, panels)
+
+
 def _ablation_chart(ablation: DictConfig, arms: list[dict[str, str]], runs: dict[str, Any], diversity_k: int,
                     path: Path) -> None:
     """AUC and category entropy by variant, a bar per model."""
@@ -198,11 +244,37 @@ def _figure(title: str, path: Path, work_dir: Path) -> list[str]:
     return [f"![{title}]({path.relative_to(work_dir).as_posix()})", ""]
 
 
+def _graph_ablation(ablation: DictConfig, arms: list[dict[str, str]], runs: dict[str, Any],
+                    generation: dict[str, Any] | None, ks: list[int], train_dir: Path, work_dir: Path) -> list[str]:
+    """PFR-style ablations: top-k tables per group of news, LLM work per variant, charts."""
+    figures = work_dir / FIGURES
+    names, labels = [arm["run"] for arm in arms], [arm["variant"] for arm in arms]
+    baseline = next((arm["run"] for arm in arms if arm["variant"] == ablation.baseline), None)
+    sections = [f"## Ablation `{ablation.name}`: {ablation.title or ablation.name}", "",
+                *_topk_sections(names, labels, runs, ks, baseline)]
+    tasks = {variant.name: list(variant.llm_tasks) for variant in ablation.variants}
+    if generation and any(tasks.values()):
+        costs = [f"{label}: {tokens} tokens (${usd:.4f})" for label in labels
+                 for tokens, usd in [llm_cost(generation, tasks[label])] if tasks[label]]
+        sections += ["LLM work per variant: " + "; ".join(costs) + ".", ""]
+    chart_path = figures / f"ablation-{ablation.name}.png"
+    _topk_chart(ablation.name, labels, names, runs, max(ks), chart_path)
+    sections += _figure(ablation.title or ablation.name, chart_path, work_dir)
+    curve = figures / f"curves-{ablation.name}.png"
+    if _curves_chart(f"{ablation.name}: training loss", names, runs, train_dir, curve):
+        sections += _figure(f"{ablation.name}: training loss", curve, work_dir)
+    return sections
+
+
 def _recommender_sections(cfg: DictConfig, outputs: dict[str, Any], work_dir: Path) -> list[str]:
     runs, generation, k = outputs["train"], outputs.get("generate"), cfg.eval.diversity_k
     figures, train_dir = work_dir / FIGURES, Path(cfg.train.output_dir)
     sections: list[str] = []
-    models = [name for name in cfg.train.models if name in runs]
+    graph_models = [name for name in cfg.train.models if name in runs and runs[name].get("kind") == "graph_cf"]
+    models = [name for name in cfg.train.models if name in runs and name not in graph_models]
+    if graph_models:
+        sections += ["## Graph recommenders (LightGCN, PFR; best checkpoint by NDCG)", "",
+                     *_topk_sections(graph_models, graph_models, runs, list(cfg.eval.topk), None)]
     if models:
         sections += ["## Recommenders (dev split, best checkpoint by dev AUC)", "",
                      _training_section({name: runs[name] for name in models}, generation, k), ""]
@@ -211,6 +283,9 @@ def _recommender_sections(cfg: DictConfig, outputs: dict[str, Any], work_dir: Pa
     for ablation in cfg.ablations:
         arms = outputs.get("ablations", {}).get(ablation.name, [])
         if not arms:
+            continue
+        if runs[arms[0]["run"]].get("kind") == "graph_cf":
+            sections += _graph_ablation(ablation, arms, runs, generation, list(cfg.eval.topk), train_dir, work_dir)
             continue
         sections += [f"## Ablation `{ablation.name}`: {ablation.title or ablation.name}", "",
                      *_ablation_rows(ablation, arms, runs, generation, k), "",

@@ -30,7 +30,7 @@ from newsrec_dist.generate.prompts import PromptTemplate, load_template
 from newsrec_dist.io import Manifest, ResumableDir, artifact_fingerprint, is_up_to_date, read_manifest, sha256_file
 from newsrec_dist.progress import ProgressFactory, no_progress
 
-TASKS = ("keywords", "summarize", "profile", "news", "chain")
+TASKS = ("keywords", "summarize", "item_profile", "profile", "news", "chain")
 # A task's dataset outputs from its results table and its (partial) artifact directory: file name → table.
 Outputs = Callable[[pa.Table, Path], dict[str, pa.Table]]
 COST_FILE = "cost.json"
@@ -76,6 +76,10 @@ class GenerationRun:
     def _summarize(self) -> dict[str, Any]:
         rows = tasks.summarize_rows(self.news, self._template("summarize"), self.cfg.task)
         return self._task(rows, lambda results, _: tasks.summarize_outputs(results, self.news))
+
+    def _item_profile(self) -> dict[str, Any]:
+        rows = tasks.item_profile_rows(self.news, self._template("item_profile"), self.cfg.task)
+        return self._task(rows, lambda results, _: tasks.item_profile_outputs(results, self.news, self.cfg.task))
 
     def _profile(self) -> dict[str, Any]:
         rows = tasks.profile_rows(self.histories, self.titles, self._template("profile"), self.cfg.task)

@@ -4,6 +4,9 @@
   with a ``source`` column; news the LLM did not cover or failed on get TF-IDF keywords (configurable).
 - ``summarize`` (GENRE MIND-NS): news → ``news.parquet`` with ``title_enhanced`` (the original title
   where the LLM failed; ``title_source`` says which).
+- ``item_profile`` (PFR): news → ``profiles.parquet`` (news_id, profile, source): what the item is about and who
+  would like it; news the LLM did not cover or failed on get a profile made from their own category and text
+  (``source`` = ``text``), so every item has one to embed.
 - ``profile`` (GENRE MIND-UP): users with a history → ``profiles.parquet`` (user_id, topics, regions).
 - ``news`` (GENRE MIND-NG) and ``chain`` (profile → generator): cold users → ``synthetic_news.parquet``
   and ``prepared/``, a prepared dataset whose news include the synthetic items and whose cold users'
@@ -84,10 +87,8 @@ def keywords_outputs(results: pa.Table, news: pa.Table, knobs: GenerateTasksConf
 
 def summarize_rows(news: pa.Table, template: PromptTemplate, knobs: GenerateTasksConfig) -> TaskRows:
     chosen, skipped = _first_news(news, knobs.max_news)
-    values = [{"title": clean_text(t, knobs.text_max_chars), "abstract": clean_text(a, knobs.text_max_chars),
-               "category": clean_text(c, 60)}
-              for t, a, c in zip(chosen["title"].to_pylist(), chosen["abstract"].to_pylist(), chosen["category"].to_pylist())]
-    return TaskRows("summarize", template, chosen["news_id"].to_pylist(), [template.render(v) for v in values], skipped)
+    messages = [template.render(values) for values in _news_values(chosen, knobs)]
+    return TaskRows("summarize", template, chosen["news_id"].to_pylist(), messages, skipped)
 
 
 def summarize_outputs(results: pa.Table, news: pa.Table) -> dict[str, pa.Table]:
@@ -97,6 +98,34 @@ def summarize_outputs(results: pa.Table, news: pa.Table) -> dict[str, pa.Table]:
     sources = ["llm" if key in titles else "original" for key in ids]
     table = news.append_column("title_enhanced", pa.array(enhanced, pa.string()))
     return {"news.parquet": table.append_column("title_source", pa.array(sources, pa.string()))}
+
+
+# --- item profiles (PFR) -------------------------------------------------------------------------------
+
+def _news_values(news: pa.Table, knobs: GenerateTasksConfig) -> list[dict[str, str]]:
+    """Each news item's text fields, cut and cleaned for a prompt (dataset text is untrusted)."""
+    columns = {name: news[name].to_pylist() for name in ("title", "abstract", "category", "subcategory")}
+    return [{"title": clean_text(t, knobs.text_max_chars), "abstract": clean_text(a, knobs.text_max_chars),
+             "category": clean_text(c, 60), "subcategory": clean_text(s, 60)}
+            for t, a, c, s in zip(*columns.values())]
+
+
+def item_profile_rows(news: pa.Table, template: PromptTemplate, knobs: GenerateTasksConfig) -> TaskRows:
+    chosen, skipped = _first_news(news, knobs.max_news)
+    messages = [template.render(values) for values in _news_values(chosen, knobs)]
+    return TaskRows("item_profile", template, chosen["news_id"].to_pylist(), messages, skipped)
+
+
+def item_profile_outputs(results: pa.Table, news: pa.Table, knobs: GenerateTasksConfig) -> dict[str, pa.Table]:
+    answers = {key: " ".join(value["profile"].split()) for key, value in _ok_answers(results).items()}
+    fallback = [f"{v['category']} / {v['subcategory']}: {v['title']}. {v['abstract']}".strip()
+                for v in _news_values(news, knobs)]
+    ids = news["news_id"].to_pylist()
+    return {"profiles.parquet": pa.table({
+        "news_id": pa.array(ids, pa.string()),
+        "profile": pa.array([answers.get(key, text) for key, text in zip(ids, fallback)], pa.string()),
+        "source": pa.array(["llm" if key in answers else "text" for key in ids], pa.string()),
+    })}
 
 
 # --- users: profile, news, chain -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from newsrec_dist.config import ModelConfig
 from newsrec_dist.models.layers import masked_mean, mlp
@@ -51,6 +52,15 @@ def build_user_encoder(cfg: ModelConfig, users: UserInputs, max_history: int) ->
     return builders[kind]()
 
 
+def impression_loss(logits: torch.Tensor, ranking: bool) -> torch.Tensor:
+    """Logits [B, 1 + k] with the clicked news first: softmax over them (matching) or BCE each (ranking)."""
+    if ranking:
+        labels = torch.zeros_like(logits)
+        labels[:, 0] = 1.0
+        return F.binary_cross_entropy_with_logits(logits, labels)
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+
 class Recommender(nn.Module):
     def __init__(self, cfg: ModelConfig, news: NewsInputs, users: UserInputs, max_history: int) -> None:
         super().__init__()
@@ -77,3 +87,6 @@ class Recommender(nn.Module):
         vectors = self.encode_news(unique)[inverse]
         length = history_rows.shape[1]
         return self.score_vectors(vectors[:, :length], history_rows > 0, vectors[:, length:], users)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return impression_loss(self(batch["history"], batch["candidates"], batch["users"]), self.ranking)

@@ -1,4 +1,5 @@
-"""One LightningModule for every recommender: softmax over 1 + k candidates (matching) or BCE (ranking)."""
+"""One LightningModule for every recommender: the model's own ``loss(batch)`` (impression softmax/BCE, or
+LightGCN's BPR), Adam, and torch's RNG carried through checkpoints."""
 
 from __future__ import annotations
 
@@ -6,32 +7,20 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.nn import functional as F
 
 from newsrec_dist.config import TrainConfig
-from newsrec_dist.models.recommender import Recommender
 
 RNG_KEY = "newsrec_torch_rng"
 
 
-def recommendation_loss(logits: torch.Tensor, ranking: bool) -> torch.Tensor:
-    """Logits [B, 1 + k] with the clicked news first."""
-    if ranking:
-        labels = torch.zeros_like(logits)
-        labels[:, 0] = 1.0
-        return F.binary_cross_entropy_with_logits(logits, labels)
-    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
-
-
 class RecommenderModule(pl.LightningModule):
-    def __init__(self, model: Recommender, cfg: TrainConfig) -> None:
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig) -> None:
         super().__init__()
         self.model, self.cfg = model, cfg
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self.model(batch["history"], batch["candidates"], batch["users"])
-        loss = recommendation_loss(logits, self.model.ranking)
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(logits))
+        loss = self.model.loss(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["users"]))
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

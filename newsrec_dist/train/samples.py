@@ -115,26 +115,29 @@ def to_batch(split: SplitArrays, owner: np.ndarray, candidates: np.ndarray, max_
             "users": torch.from_numpy(split.users[owner])}
 
 
-class TrainBatches:
+class EpochBatches:
     """An epoch of shuffled batches for one rank; resumable mid-epoch (Lightning saves ``state_dict``).
 
-    Epoch ``e`` is fully determined by ``seed`` and ``e`` (negatives and order), so a resumed run sees exactly
-    the batches an uninterrupted one would. ``__len__`` is defined, so Lightning does not prefetch and the saved
-    position is the number of batches consumed.
+    Epoch ``e`` is fully determined by ``seed`` and ``e`` (what ``draw`` samples, and the order), so a resumed run
+    sees exactly the batches an uninterrupted one would. ``__len__`` is defined, so Lightning does not prefetch and
+    the saved position is the number of batches consumed. Subclasses say what an epoch draws and what a batch is.
     """
 
-    def __init__(self, split: SplitArrays, negatives: int, sampler: SamplerConfig, popular: PopularNews | None,
-                 batch_size: int, max_history: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.split, self.clicks = split, Clicks.of(split.impressions)
-        self.negatives, self.sampler, self.popular = negatives, sampler, popular
-        self.batch_size, self.max_history, self.seed = batch_size, max_history, seed
+    def __init__(self, samples: int, batch_size: int, seed: int, rank: int, world_size: int) -> None:
+        self.samples, self.batch_size, self.seed = samples, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.position = 0, 0
         if len(self) == 0:
-            raise ValueError(f"{self.clicks.size} training clicks make no batch of {batch_size} on {world_size} rank(s)")
+            raise ValueError(f"{samples} training clicks make no batch of {batch_size} on {world_size} rank(s)")
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def batch(self, drawn: np.ndarray, samples: np.ndarray) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
 
     def __len__(self) -> int:
-        return self.clicks.size // (self.batch_size * self.world_size)
+        return self.samples // (self.batch_size * self.world_size)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
@@ -146,14 +149,29 @@ class TrainBatches:
         if self.position >= len(self):  # the previous epoch was consumed: start the next one
             self.epoch, self.position = self.epoch + 1, 0
         rng = np.random.default_rng([self.seed, self.epoch])
-        candidates = draw_candidates(self.split.impressions, self.clicks, self.negatives, self.sampler,
-                                     self.popular, rng)
-        order = rng.permutation(self.clicks.size)[: len(self) * self.batch_size * self.world_size]
+        drawn = self.draw(rng)
+        order = rng.permutation(self.samples)[: len(self) * self.batch_size * self.world_size]
         mine = order.reshape(len(self), self.world_size, self.batch_size)[:, self.rank]
         while self.position < len(self):
             samples = mine[self.position]
             self.position += 1
-            yield to_batch(self.split, self.clicks.owner[samples], candidates[samples], self.max_history)
+            yield self.batch(drawn, samples)
+
+
+class TrainBatches(EpochBatches):
+    """One sample per click of the split: the clicked news and k negatives (uniform or POPK)."""
+
+    def __init__(self, split: SplitArrays, negatives: int, sampler: SamplerConfig, popular: PopularNews | None,
+                 batch_size: int, max_history: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.split, self.clicks = split, Clicks.of(split.impressions)
+        self.negatives, self.sampler, self.popular, self.max_history = negatives, sampler, popular, max_history
+        super().__init__(self.clicks.size, batch_size, seed, rank, world_size)
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        return draw_candidates(self.split.impressions, self.clicks, self.negatives, self.sampler, self.popular, rng)
+
+    def batch(self, drawn: np.ndarray, samples: np.ndarray) -> dict[str, torch.Tensor]:
+        return to_batch(self.split, self.clicks.owner[samples], drawn[samples], self.max_history)
 
 
 def impression_batches(split: SplitArrays, max_history: int, batch_impressions: int

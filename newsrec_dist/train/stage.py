@@ -75,6 +75,8 @@ def _input_fingerprints(cfg: DictConfig, model: ModelConfig, train: TrainConfig)
         inputs["news"] = sha256_file(Path(model.news.table))
     if model.interest.enabled:
         inputs["profiles"] = sha256_file(Path(model.interest.profiles_path))
+    if model.kind == "graph_cf" and model.graph.profile.vectors:
+        inputs["item_profiles"] = artifact_fingerprint(Path(model.graph.profile.vectors))
     return inputs
 
 
@@ -83,7 +85,8 @@ def plan(cfg: DictConfig) -> TrainRun:
     # the run's name labels it and is not part of what it computes: two ablation arms that are one run share it
     config = {"model": {k: v for k, v in to_container(cfg.model).items() if k != "name"},
               "train": {k: v for k, v in to_container(cfg.train).items() if k not in RUNTIME_KEYS},
-              "eval": {"cold_history_max": cfg.eval.cold_history_max, "diversity_k": cfg.eval.diversity_k}}
+              "eval": {"cold_history_max": cfg.eval.cold_history_max, "diversity_k": cfg.eval.diversity_k,
+                       **({"topk": list(cfg.eval.topk)} if cfg.model.kind == "graph_cf" else {})}}
     return TrainRun(cfg=cfg, model=model, train=train, prepared=Path(cfg.data.prepared_dir),
                     final=Path(train.output_dir) / model.name, inputs=_input_fingerprints(cfg, model, train),
                     config=config)
@@ -136,11 +139,51 @@ def evaluate(model: Recommender, run: TrainRun, data: TrainData, device: torch.d
     return evaluate_scores(data.dev_eval, scores, run.cfg.eval.cold_history_max, run.cfg.eval.diversity_k), scores
 
 
+class ImpressionTask:
+    """What the shared trainer needs from impression models: data, model, batches, evaluation, export."""
+
+    monitor, logged, unit = "auc", RANKING_KEYS, "impressions"
+
+    def load(self, run: TrainRun, progress: ProgressFactory) -> TrainData:
+        return load_train_data(run, progress)
+
+    def build(self, run: TrainRun, data: TrainData) -> Recommender:
+        return build_model(run, data)
+
+    def batches(self, run: TrainRun, data: TrainData, rank: int, world_size: int) -> TrainBatches:
+        cfg = run.train
+        return TrainBatches(data.train, cfg.negatives, cfg.sampler, data.popular, cfg.batch_size, cfg.max_history,
+                            cfg.seed, rank, world_size)
+
+    def evaluate(self, model: Recommender, run: TrainRun, data: TrainData, device: torch.device
+                 ) -> tuple[dict[str, Any], np.ndarray]:
+        return evaluate(model, run, data, device)
+
+    def export(self, directory: Path, model: Recommender, data: TrainData, scores: np.ndarray) -> dict[str, Any]:
+        write_prediction_file(directory / "prediction.txt", data.dev.impressions.impression_id, scores,
+                              data.dev.impressions.offsets)
+        return {"coverage": data.features.coverage, "eval_rows": data.dev.impressions.size}
+
+    def rows(self, data: TrainData) -> dict[str, int]:
+        return {"train_impressions": data.train.impressions.size, "eval_impressions": data.dev.impressions.size}
+
+
+def task_for(run: TrainRun) -> Any:
+    """The model kind's task (``model.kind``): impressions or graph_cf."""
+    if run.model.kind == "impressions":
+        return ImpressionTask()
+    if run.model.kind == "graph_cf":
+        from newsrec_dist.train.graph_cf import GraphTask
+
+        return GraphTask(list(run.cfg.eval.topk))
+    raise ValueError(f"model.kind must be impressions or graph_cf, got {run.model.kind!r}")
+
+
 class TrainingRecord(pl.Callback):
     """Dev metrics after every epoch (logged as ``val_*`` for the best checkpoint) and training throughput."""
 
-    def __init__(self, run: TrainRun, data: TrainData, work: Path) -> None:
-        self.run, self.data, self.path = run, data, work / EPOCHS_FILE
+    def __init__(self, task: Any, run: TrainRun, data: Any, work: Path) -> None:
+        self.task, self.run, self.data, self.path = task, run, data, work / EPOCHS_FILE
         self.epochs: list[dict[str, Any]] = []
         self._samples, self._seconds, self._started = 0, 0.0, 0.0
 
@@ -149,12 +192,12 @@ class TrainingRecord(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         self._seconds += time.perf_counter() - self._started
-        self._samples += len(batch["candidates"])
+        self._samples += len(batch["users"])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         started = time.perf_counter()
-        results, _ = evaluate(pl_module.model, self.run, self.data, pl_module.device)
-        values = {f"val_{key}": float(results["all"][key]) for key in RANKING_KEYS}
+        results, _ = self.task.evaluate(pl_module.model, self.run, self.data, pl_module.device)
+        values = {f"val_{key}": float(results["all"][key]) for key in self.task.logged}
         pl_module.log_dict(values, sync_dist=False)
         loss = trainer.callback_metrics.get("train_loss")
         self.epochs.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
@@ -172,17 +215,15 @@ class TrainingRecord(pl.Callback):
         self.epochs = list(state_dict["epochs"])
 
 
-class ImpressionDataModule(pl.LightningDataModule):
+class BatchesDataModule(pl.LightningDataModule):
     """Hands each rank its shard of the training batches (ranks are known only once the strategy is up)."""
 
-    def __init__(self, run: TrainRun, data: TrainData) -> None:
+    def __init__(self, task: Any, run: TrainRun, data: Any) -> None:
         super().__init__()
-        self.run, self.data = run, data
+        self.task, self.run, self.data = task, run, data
 
-    def train_dataloader(self) -> TrainBatches:
-        cfg = self.run.train
-        return TrainBatches(self.data.train, cfg.negatives, cfg.sampler, self.data.popular, cfg.batch_size,
-                            cfg.max_history, cfg.seed, self.trainer.global_rank, self.trainer.world_size)
+    def train_dataloader(self) -> Any:
+        return self.task.batches(self.run, self.data, self.trainer.global_rank, self.trainer.world_size)
 
 
 STEP_PATTERN = re.compile(r"step=(\d+)")
@@ -195,20 +236,21 @@ def newest_checkpoint(directory: Path) -> Path | None:
 
 
 def fit(run: TrainRun, work: Path, strategy: Any = None, plugins: list[Any] | None = None,
-        prepare: Callable[[pl.Trainer], pl.Trainer] | None = None, data: TrainData | None = None) -> pl.Trainer:
+        prepare: Callable[[pl.Trainer], pl.Trainer] | None = None, data: Any = None) -> pl.Trainer:
     """Train (resuming from ``work/checkpoints`` when it holds a checkpoint); the same code on every rank."""
-    cfg = run.train
+    cfg, task = run.train, task_for(run)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = data or load_train_data(run)
-    module = RecommenderModule(build_model(run, data), cfg)
+    data = data or task.load(run, no_progress)
+    module = RecommenderModule(task.build(run, data), cfg)
     checkpoints = work / CHECKPOINTS
     callbacks = [
         ModelCheckpoint(checkpoints, "{epoch}-{step}", every_n_train_steps=cfg.checkpoint_every_n_steps, save_top_k=1),
         ModelCheckpoint(checkpoints, "{epoch}-{step}", every_n_epochs=1, save_top_k=1, save_on_train_epoch_end=True),
-        ModelCheckpoint(checkpoints, BEST, monitor="val_auc", mode="max", save_top_k=1, save_on_train_epoch_end=True),
-        TrainingRecord(run, data, work),
+        ModelCheckpoint(checkpoints, BEST, monitor=f"val_{task.monitor}", mode="max", save_top_k=1,
+                        save_on_train_epoch_end=True),
+        TrainingRecord(task, run, data, work),
     ]
     from lightning.pytorch.loggers import CSVLogger
 
@@ -228,7 +270,7 @@ def fit(run: TrainRun, work: Path, strategy: Any = None, plugins: list[Any] | No
         print(f"resuming from checkpoint {resume.name}", file=sys.stderr, flush=True)
         with open(work / RESUMES_FILE, "a") as record:
             record.write(resume.name + "\n")
-    trainer.fit(module, datamodule=ImpressionDataModule(run, data), ckpt_path=resume, weights_only=True)
+    trainer.fit(module, datamodule=BatchesDataModule(task, run, data), ckpt_path=resume, weights_only=True)
     return trainer
 
 
@@ -237,39 +279,35 @@ def _resumes(work: Path) -> list[str]:
     return path.read_text().split() if path.is_file() else []
 
 
-def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_progress,
-           data: TrainData | None = None) -> dict[str, Any]:
+def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_progress, data: Any = None
+           ) -> dict[str, Any]:
     """Reload the best checkpoint, evaluate it on the dev split, export weights and publish the run."""
+    task = task_for(run)
     checkpoints = work.path / CHECKPOINTS
     best = checkpoints / f"{BEST}.ckpt"
     chosen = best if best.is_file() else newest_checkpoint(checkpoints)
     if chosen is None:
         raise RuntimeError(f"{checkpoints}: training wrote no checkpoint")
     checkpoint = torch.load(chosen, map_location="cpu", weights_only=True)
-    data = data or load_train_data(run, progress)
-    model = build_model(run, data)
+    data = data or task.load(run, progress)
+    model = task.build(run, data)
     model.load_state_dict({key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()})
     device = torch.device("cuda" if run.train.accelerator == "gpu" and torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
-    results, scores = evaluate(model.to(device), run, data, device)
+    results, scores = task.evaluate(model.to(device), run, data, device)
     eval_seconds = time.perf_counter() - started
-    write_prediction_file(work.path / "prediction.txt", data.dev.impressions.impression_id, scores,
-                          data.dev.impressions.offsets)
+    exported = task.export(work.path, model, data, scores)
     save_model(model.cpu(), str(work.path / "model.safetensors"))
     last = torch.load(newest_checkpoint(checkpoints), map_location="cpu", weights_only=True)
-    summary = {"model": run.model.name, "checkpoint": chosen.name, "best_epoch": int(checkpoint["epoch"]),
-               "steps": int(last["global_step"]), "resumed_from": _resumes(work.path),
-               "epochs": json.loads((work.path / EPOCHS_FILE).read_text()), "coverage": data.features.coverage,
-               "parameters": sum(p.numel() for p in model.parameters()),
-               "eval_impressions": data.dev.impressions.size,
-               "eval_impressions_per_second": data.dev.impressions.size / max(eval_seconds, 1e-9),
-               "metrics": results}
+    summary = {"model": run.model.name, "kind": run.model.kind, "checkpoint": chosen.name,
+               "best_epoch": int(checkpoint["epoch"]), "steps": int(last["global_step"]),
+               "resumed_from": _resumes(work.path), "epochs": json.loads((work.path / EPOCHS_FILE).read_text()),
+               "parameters": sum(p.numel() for p in model.parameters()), **exported, "eval_unit": task.unit,
+               "eval_rows_per_second": exported["eval_rows"] / max(eval_seconds, 1e-9), "metrics": results}
     atomic_write_text(work.path / "metrics.json", json.dumps(results, indent=2))
     atomic_write_text(work.path / "summary.json", json.dumps(summary, indent=2, default=float))
     atomic_write_text(work.path / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(run.config)))
-    Manifest(stage="train", inputs=run.inputs, config=run.config,
-             rows={"train_impressions": data.train.impressions.size, "eval_impressions": data.dev.impressions.size},
-             extra=summary).write(work.path)
+    Manifest(stage="train", inputs=run.inputs, config=run.config, rows=task.rows(data), extra=summary).write(work.path)
     work.publish()
     return summary
 
@@ -290,7 +328,7 @@ def train_model(cfg: DictConfig, progress: ProgressFactory = no_progress, run: T
         fit_on_ray(run, work.path)
         return finish(run, work, progress)
     # one load serves fit and finish (PLM-NR's frozen layers run over every news item once, not twice)
-    data = load_train_data(run, progress)
+    data = task_for(run).load(run, progress)
     if fit(run, work.path, data=data).global_rank != 0:
         return {}
     return finish(run, work, progress, data)
