@@ -287,9 +287,10 @@ def train(
     model: Annotated[Optional[str], typer.Option(help="conf/model/<name>.yaml, e.g. nrms, naml, lecop, din")] = None,
     quiet: bool = typer.Option(False, help="no progress bars"),
 ) -> None:
-    """Train a recommender (checkpoints, resume after kill, best dev AUC), evaluate it, export safetensors.
+    """Train a recommender (checkpoints, resume after kill, best dev AUC or NDCG), evaluate it, export safetensors.
 
-    Example: ``newsrec train model=naml train.epochs=5 train.sampler.kind=popk``.
+    Example: ``newsrec train model=naml train.epochs=5 train.sampler.kind=popk``; ``newsrec train model=pfr``
+    (graph CF: top-k on the train → dev time split).
     """
     from newsrec_dist.train.stage import train_model
 
@@ -300,9 +301,13 @@ def train(
         _fail(error)
     if summary:
         values = summary["metrics"]["all"]
-        console.print(f"{summary['model']}: dev AUC {values['auc']:.4f}, MRR {values['mrr']:.4f}, "
-                      f"nDCG@5 {values['ndcg@5']:.4f}, nDCG@10 {values['ndcg@10']:.4f} "
-                      f"(best epoch {summary['best_epoch']}, {summary['steps']} steps)")
+        shown = (("auc", "AUC"), ("mrr", "MRR"), ("ndcg@5", "nDCG@5"), ("ndcg@10", "nDCG@10")) \
+            if summary["kind"] == "impressions" else \
+            tuple((f"{m}@{k}", f"{m}@{k}") for k in cfg.eval.topk for m in ("recall", "ndcg"))
+        cold = f"; cold news NDCG@{max(cfg.eval.topk)} {summary['metrics']['cold_items'][f'ndcg@{max(cfg.eval.topk)}']:.4f}" \
+            if summary["kind"] == "graph_cf" else ""
+        console.print(f"{summary['model']}: dev " + ", ".join(f"{label} {values[key]:.4f}" for key, label in shown)
+                      + f"{cold} (best epoch {summary['best_epoch']}, {summary['steps']} steps)")
         console.print(f"wrote {Path(cfg.train.output_dir) / summary['model']}")
 
 

@@ -30,7 +30,7 @@ def test_config_composes_quickstart_with_typed_overrides() -> None:
     assert cfg.data.raw_dir == "runs/quickstart/raw/synth-tiny"
     assert cfg.eval.diversity_k == 5
     assert list(cfg.stages) == ["synth", "prepare", "keywords", "graphs", "node2vec", "finetune", "embed", "glove",
-                                "generate", "train", "eval", "report"]
+                                "generate", "embed_profiles", "train", "eval", "report"]
     assert list(cfg.train.models) == ["nrms", "lecop", "nrms_genre"]
     with pytest.raises(ConfigError, match="could not be converted to Float"):
         load_config(["data.synth.affinity_weight=strong"])
@@ -38,7 +38,7 @@ def test_config_composes_quickstart_with_typed_overrides() -> None:
         load_config(["experiment=nonexistent"])
 
 
-@pytest.mark.parametrize(("experiment", "runs"), [("quickstart", 3), ("lecop", 11), ("popk", 5), ("genre", 40)])
+@pytest.mark.parametrize(("experiment", "runs"), [("quickstart", 5), ("lecop", 11), ("popk", 5), ("genre", 40), ("pfr", 4)])
 def test_experiments_compose_and_every_ablation_arm_applies(experiment: str, runs: int) -> None:
     cfg = load_config([f"experiment={experiment}"])
     jobs = train_jobs(cfg)
@@ -77,7 +77,7 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
         assert (work / "embeddings" / name / "embeddings.parquet").is_file(), name
     assert (work / "encoder" / "minilm" / "adapter").is_dir()
     assert "## LLM generation" in report and "| chain (profiler step) | " in report
-    for task in ("keywords", "summarize", "profile", "news", "chain", "chain_profile"):
+    for task in ("keywords", "summarize", "item_profile", "profile", "news", "chain", "chain_profile"):
         assert (work / "generate" / task / "results.parquet").is_file(), task
     assert (work / "generate" / "chain" / "prepared" / "news.parquet").is_file()
     for graph in ("news/w=2", "item_keyword/w=2", "intra_keyword"):
@@ -88,6 +88,9 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
         assert (work / "train" / model / "model.safetensors").is_file(), model
     coverage = json.loads((work / "train" / "lecop" / "summary.json").read_text())["coverage"]
     assert {entry["keyed_by"] for entry in coverage.values()} == {"news", "keyword"}
+    assert "## Ablation `pfr`" in report and "Top-k over cold news" in report and "| pfr | " in report
+    assert (work / "embeddings" / "minilm-profiles" / "embeddings.parquet").is_file()
+    assert (work / "train" / "pfr.pfr" / "recommendations.parquet").is_file()
     for name in ("random", "popularity", "category_profile"):
         assert f"| {name} | all |" in report and f"| {name} | new |" in report
     metrics = json.loads((work / "eval" / "metrics.json").read_text())
