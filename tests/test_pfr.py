@@ -21,7 +21,7 @@ from newsrec_dist.data.prepare import read_news_table
 from newsrec_dist.eval.topk import Csr, topk_metrics
 from newsrec_dist.generate.tasks import item_profile_outputs
 from newsrec_dist.io import Manifest
-from newsrec_dist.train.graph_cf import load_click_graph
+from newsrec_dist.train.graph_cf import GraphBatches, load_click_graph
 
 LIBRARY = {"recall": RetrievalRecall, "ndcg": RetrievalNormalizedDCG, "mrr": RetrievalMRR, "hit": RetrievalHitRate}
 
@@ -111,3 +111,22 @@ def test_pfr_helps_cold_news_over_plain_lightgcn_from_the_cli(tiny: tuple[Path, 
     cold = {model: values["cold_items"]["ndcg@20"] for model, values in metrics.items()}
     assert cold["pfr"] >= cold["lightgcn"] + 0.05, cold
     assert metrics["pfr"]["all"]["ndcg@20"] > metrics["lightgcn"]["all"]["ndcg@20"], metrics
+
+
+def test_graph_batches_resume_mid_epoch_with_the_same_samples(tiny: tuple[Path, Path]) -> None:
+    prepared, keywords = tiny
+    graph = load_click_graph(prepared, "dev", None, str(keywords))
+    whole = GraphBatches(graph, batch_size=256, seed=5)
+    epochs = [list(whole), list(whole)]  # two epochs draw different negatives and orders
+    assert not torch.equal(epochs[0][0]["negatives"], epochs[1][0]["negatives"])
+    assert graph.warm[torch.cat([batch["negatives"] for batch in epochs[0]]).numpy()].all()
+    interrupted = GraphBatches(graph, batch_size=256, seed=5)
+    stream = iter(interrupted)
+    head = [next(stream) for _ in range(3)]
+    resumed = GraphBatches(graph, batch_size=256, seed=5)
+    resumed.load_state_dict(interrupted.state_dict())
+    for expected, got in zip(epochs[0], head + list(resumed)):
+        assert all(torch.equal(expected[key], got[key]) for key in ("users", "positives", "negatives"))
+    ranks = [GraphBatches(graph, batch_size=128, seed=5, rank=rank, world_size=2) for rank in (0, 1)]
+    first = [next(iter(batches))["positives"] for batches in ranks]
+    assert len(first[0]) == len(first[1]) == 128 and not torch.equal(first[0], first[1])
