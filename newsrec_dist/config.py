@@ -79,6 +79,9 @@ class EvalConfig:
     diversity_k: int = 10
     cold_history_max: int = 3
     topk: list[int] = field(default_factory=lambda: [10, 20])  # graph_cf models: Recall/NDCG/MRR/Hit at these k
+    # graph_cf: which news are ranked. shown: news shown in the test split's impressions (what a news service could
+    # recommend then; weeks-old news are not); catalogue: every news item
+    topk_pool: str = "shown"
     write_prediction_file: bool = True
     output_dir: str = "${paths.work_dir}/eval"
 

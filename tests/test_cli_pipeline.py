@@ -88,7 +88,7 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
         assert (work / "train" / model / "model.safetensors").is_file(), model
     coverage = json.loads((work / "train" / "lecop" / "summary.json").read_text())["coverage"]
     assert {entry["keyed_by"] for entry in coverage.values()} == {"news", "keyword"}
-    assert "## Ablation `pfr`" in report and "Top-k over cold news" in report and "| pfr | " in report
+    assert "## Ablation `pfr`" in report and "Top-k over the pool's cold news" in report and "| pfr | " in report
     assert (work / "embeddings" / "minilm-profiles" / "embeddings.parquet").is_file()
     assert (work / "train" / "pfr.pfr" / "recommendations.parquet").is_file()
     for name in ("random", "popularity", "category_profile"):

@@ -161,7 +161,8 @@ def _ablation_rows(ablation: DictConfig, arms: list[dict[str, str]], runs: dict[
     return lines
 
 
-TOPK_GROUPS = {"all": "all news", "cold_items": "cold news (no training click)", "warm_items": "warm news"}
+TOPK_GROUPS = {"all": "the pool", "cold_items": "the pool's cold news (no training click)",
+               "warm_items": "the pool's warm news"}
 
 
 def _topk_table(names: list[str], labels: list[str], runs: dict[str, Any], group: str, ks: list[int],
@@ -195,7 +196,8 @@ def _topk_sections(names: list[str], labels: list[str], runs: dict[str, Any], ks
             for source, entry in split.items() if isinstance(entry, dict)]
     sections += ["Click graph (read = kept + rejected):", "", "| clicks | read | kept | rejected |",
                  "|---|---:|---:|---|", *rows, "",
-                 f"{split['cold_items']} news have no training click; {split['cold_test_edges']} test clicks are on them.",
+                 f"{split['cold_items']} news have no training click; {split['cold_test_edges']} test clicks are on them. "
+                 f"{split['shown_items']} news are shown in test impressions (the pool when `eval.topk_pool` is shown).",
                  ""]
     return sections
 

@@ -6,9 +6,10 @@ split is checked to start after training ends). Every click row is accounted for
 reason (news missing from news.tsv, a repeat of an edge, a test user without any training click, a test click on
 news the user had already clicked). News without a training edge are the **cold items**.
 
-**Evaluation** (``eval.topk``): per test user, every news item the user did not click in training is ranked;
-``all`` ranks the whole catalogue, ``cold_items`` only the cold news (can a model order news nobody clicked yet?),
-``warm_items`` only news with training clicks. Negatives for BPR are drawn from warm news, the items a
+**Evaluation** (``eval.topk``): per test user, the pool (``eval.topk_pool``: the news shown in the test split's
+impressions, or the whole catalogue) minus what the user clicked in training is ranked; ``all`` ranks the pool,
+``cold_items`` only its cold news (can a model order news nobody clicked yet?), ``warm_items`` only its news with
+training clicks. Negatives for BPR are drawn from warm news, the items a
 model could know at training time.
 """
 
@@ -43,6 +44,7 @@ class ClickGraph:
     test_users: np.ndarray  # test edges, distinct
     test_items: np.ndarray
     warm: np.ndarray  # [news] has a training edge
+    shown: np.ndarray  # [news] shown in a test impression
     accounting: dict[str, Any]
     profiles: torch.Tensor | None
     coverage: dict[str, Any]
@@ -124,12 +126,14 @@ def load_click_graph(prepared: Path, eval_split: str, profiles_path: str | None,
     train_users, train_items = train_users[distinct], train_items[distinct]
     graph_users, rows = np.unique(train_users, return_inverse=True)
     test_users, test_items = _test_edges(ledger, test_name, *codes[test_name], graph_users, rows, train_items, n)
-    warm = np.zeros(n, dtype=bool)
+    warm, shown = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     warm[train_items] = True
+    shown[test.candidates[test.candidates >= 0]] = True
     profiles, coverage = _profiles(catalog, profiles_path, keywords_path)
     return ClickGraph(catalog=catalog, user_ids=np.asarray(every_user.take(pa.array(graph_users)).to_pylist()),
                       edges=np.stack([rows, train_items]), test_users=test_users, test_items=test_items, warm=warm,
-                      accounting=ledger.sources | {"cold_items": int((~warm).sum()),
+                      shown=shown,
+                      accounting=ledger.sources | {"cold_items": int((~warm).sum()), "shown_items": int(shown.sum()),
                                                    "cold_test_edges": int((~warm[test_items]).sum())},
                       profiles=profiles, coverage=coverage)
 
@@ -180,10 +184,8 @@ class GraphBatches(EpochBatches):
                 "negatives": torch.from_numpy(drawn[samples])}
 
 
-def _restricted(pairs: Csr, columns: np.ndarray | None, n_items: int, n_users: int) -> Csr:
-    """``pairs`` kept to ``columns`` (None: all), items renumbered to their position among them."""
-    if columns is None:
-        return pairs
+def _restricted(pairs: Csr, columns: np.ndarray, n_items: int, n_users: int) -> Csr:
+    """``pairs`` kept to ``columns``, items renumbered to their position among them."""
     local = np.full(n_items, -1)
     local[columns] = np.arange(len(columns))
     users = np.repeat(np.arange(n_users), pairs.lengths())
@@ -201,8 +203,10 @@ class GraphTask:
 
     unit = "users"
 
-    def __init__(self, ks: list[int]) -> None:
-        self.ks = list(ks)
+    def __init__(self, ks: list[int], pool: str) -> None:
+        if pool not in ("shown", "catalogue"):
+            raise ValueError(f"eval.topk_pool must be shown or catalogue, got {pool!r}")
+        self.ks, self.pool = list(ks), pool
         self.monitor = f"ndcg@{max(self.ks)}"
         self.logged = tuple(f"{metric}@{k}" for metric in ("recall", "ndcg") for k in self.ks)
 
@@ -225,26 +229,32 @@ class GraphTask:
         users, items = model.embeddings()
         train, test, n = data.train_csr(), data.test_csr(), data.catalog.size
         results: dict[str, Any] = {}
-        for group, columns in (("all", None), ("cold_items", np.flatnonzero(~data.warm)),
-                               ("warm_items", np.flatnonzero(data.warm))):
-            chosen = None if columns is None else torch.from_numpy(columns).to(items.device)
+        for group, columns in self._groups(data).items():
+            chosen = torch.from_numpy(columns).to(items.device)
             results[group] = topk_metrics(_scorer(model, users, items, chosen), data.n_users,
                                           _restricted(test, columns, n, data.n_users),
-                                          _restricted(train, columns, n, data.n_users), self.ks,
-                                          n if columns is None else len(columns))
+                                          _restricted(train, columns, n, data.n_users), self.ks, len(columns))
         model.train()
         return results, None
+
+    def _groups(self, data: ClickGraph) -> dict[str, np.ndarray]:
+        """The news each group ranks: the pool (shown or every news item), and its cold and warm parts."""
+        pool = data.shown if self.pool == "shown" else np.ones_like(data.shown)
+        return {"all": np.flatnonzero(pool), "cold_items": np.flatnonzero(pool & ~data.warm),
+                "warm_items": np.flatnonzero(pool & data.warm)}
 
     @torch.no_grad()
     def export(self, directory: Path, model: GraphRecommender, data: ClickGraph, scores: None) -> dict[str, Any]:
         """``recommendations.parquet``: each test user's top max(k) news (training clicks excluded)."""
         model.eval()
         users, items = model.embeddings()
+        pool = self._groups(data)["all"]
         user_ids, ranked = [], []
-        for rows, top in top_items(_scorer(model, users, items, None), np.unique(data.test_users),
-                                      data.train_csr(), max(self.ks), data.n_users):
+        for rows, top in top_items(_scorer(model, users, items, torch.from_numpy(pool)), np.unique(data.test_users),
+                                   _restricted(data.train_csr(), pool, data.catalog.size, data.n_users),
+                                   max(self.ks), data.n_users):
             user_ids += data.user_ids[rows].tolist()
-            ranked += [data.catalog.ids.take(pa.array(row)).to_pylist() for row in top]
+            ranked += [data.catalog.ids.take(pa.array(pool[row])).to_pylist() for row in top]
         pq.write_table(pa.table({"user_id": pa.array(user_ids, pa.string()),
                                  "news_ids": pa.array(ranked, pa.list_(pa.string()))}),
                        directory / "recommendations.parquet")

@@ -86,7 +86,8 @@ def plan(cfg: DictConfig) -> TrainRun:
     config = {"model": {k: v for k, v in to_container(cfg.model).items() if k != "name"},
               "train": {k: v for k, v in to_container(cfg.train).items() if k not in RUNTIME_KEYS},
               "eval": {"cold_history_max": cfg.eval.cold_history_max, "diversity_k": cfg.eval.diversity_k,
-                       **({"topk": list(cfg.eval.topk)} if cfg.model.kind == "graph_cf" else {})}}
+                       **({"topk": list(cfg.eval.topk), "topk_pool": cfg.eval.topk_pool}
+                          if cfg.model.kind == "graph_cf" else {})}}
     return TrainRun(cfg=cfg, model=model, train=train, prepared=Path(cfg.data.prepared_dir),
                     final=Path(train.output_dir) / model.name, inputs=_input_fingerprints(cfg, model, train),
                     config=config)
@@ -175,7 +176,7 @@ def task_for(run: TrainRun) -> Any:
     if run.model.kind == "graph_cf":
         from newsrec_dist.train.graph_cf import GraphTask
 
-        return GraphTask(list(run.cfg.eval.topk))
+        return GraphTask(list(run.cfg.eval.topk), run.cfg.eval.topk_pool)
     raise ValueError(f"model.kind must be impressions or graph_cf, got {run.model.kind!r}")
 
 
