@@ -250,7 +250,8 @@ class GraphTask:
         users, items = model.embeddings()
         pool = self._groups(data)["all"]
         user_ids, ranked = [], []
-        for rows, top in top_items(_scorer(model, users, items, torch.from_numpy(pool)), np.unique(data.test_users),
+        for rows, top in top_items(_scorer(model, users, items, torch.from_numpy(pool).to(items.device)),
+                                   np.unique(data.test_users),
                                    _restricted(data.train_csr(), pool, data.catalog.size, data.n_users),
                                    max(self.ks), data.n_users):
             user_ids += data.user_ids[rows].tolist()
