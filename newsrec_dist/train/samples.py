@@ -7,6 +7,7 @@ in the ``popk_window_hours`` before the impression's time. Batches are gathered 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -115,7 +116,7 @@ def to_batch(split: SplitArrays, owner: np.ndarray, candidates: np.ndarray, max_
             "users": torch.from_numpy(split.users[owner])}
 
 
-class EpochBatches:
+class EpochBatches(ABC):
     """An epoch of shuffled batches for one rank; resumable mid-epoch (Lightning saves ``state_dict``).
 
     Epoch ``e`` is fully determined by ``seed`` and ``e`` (what ``draw`` samples, and the order), so a resumed run
@@ -130,11 +131,13 @@ class EpochBatches:
         if len(self) == 0:
             raise ValueError(f"{samples} training clicks make no batch of {batch_size} on {world_size} rank(s)")
 
+    @abstractmethod
     def draw(self, rng: np.random.Generator) -> np.ndarray:
-        raise NotImplementedError
+        """What one epoch samples for every training sample (its negatives), from the epoch's generator."""
 
+    @abstractmethod
     def batch(self, drawn: np.ndarray, samples: np.ndarray) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The tensors of these samples, given the epoch's draw."""
 
     def __len__(self) -> int:
         return self.samples // (self.batch_size * self.world_size)
