@@ -1,7 +1,8 @@
 """``newsrec``: one verb per stage, Hydra-style ``key=value`` overrides after the options.
 
 Options are shorthands for overrides (``--scale tiny`` is ``data.synth.scale=tiny``), so anything a
-config holds can be set from the command line.
+config holds can be set from the command line. ``newsrec config ...`` prints what a command would run with;
+``newsrec --show-config <verb> ...`` prints it for one verb's options too, and runs nothing.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Annotated, NoReturn, Optional
 import typer
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.markup import escape
 
-from newsrec_dist.config import ConfigError, as_object, load_config
+from newsrec_dist.config import ConfigError, as_object, config_yaml, load_config
+from newsrec_dist.quiet import quiet_libraries
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="MIND data: synthesize, download, prepare.")
@@ -29,25 +32,49 @@ app.add_typer(encoder_app, name="encoder")
 console = Console()
 
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="config overrides, key=value")]
+SHOW_CONFIG = {"enabled": False}  # set by --show-config: every verb prints its composed config and stops
+
+
+@app.callback()
+def options(
+    show_config: bool = typer.Option(False, "--show-config", envvar="NEWSREC_SHOW_CONFIG",
+                                     help="print the verb's composed config (YAML) and exit; also for jobs/*.py"),
+    verbose: bool = typer.Option(False, "--verbose", help="show the libraries' info lines, tips and warnings"),
+) -> None:
+    """Distributed training for LLM-powered news recommendation (LECOP, GENRE, POPK, PFR)."""
+    SHOW_CONFIG["enabled"] = show_config
+    if not verbose:
+        quiet_libraries()
 
 
 def _compose(overrides: list[str] | None, **shorthands: object) -> DictConfig:
     extra = [f"{key}={value}" for key, value in shorthands.items() if value is not None]
     try:
-        return load_config(extra + list(overrides or []))
+        cfg = load_config(extra + list(overrides or []))
     except ConfigError as error:
         _fail(error)
+    if SHOW_CONFIG["enabled"]:
+        print(config_yaml(cfg), end="")
+        raise typer.Exit(code=0)
+    return cfg
+
+
+@app.command("config")
+def config(overrides: Overrides = None) -> None:
+    """Print the composed configuration as YAML (secrets masked): what `newsrec <verb>` with these overrides
+    runs with. Example: ``newsrec config encoder=glm4_9b`` shows encoder.finetune.steps 2000."""
+    print(config_yaml(_compose(overrides)), end="")
 
 
 def _fail(error: Exception) -> NoReturn:
-    console.print(f"[bold red]error:[/] {error}")
+    console.print(f"[bold red]error:[/] {escape(str(error))}")  # brackets in messages are text, not markup
     raise typer.Exit(code=2)
 
 
 @data_app.command("synth")
 def data_synth(
     overrides: Overrides = None,
-    scale: Annotated[Optional[str], typer.Option(help="tiny | small | mind-small | mind-large")] = None,
+    scale: Annotated[Optional[str], typer.Option(help="tiny | small | mind-small | mind-large (data.synth.scale)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="output directory (data.raw_dir)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="generator seed")] = None,
     quiet: bool = typer.Option(False, help="no progress bar"),
@@ -62,11 +89,14 @@ def data_synth(
         _fail(error)
     console.print_json(json.dumps(stats))
     console.print(f"wrote {cfg.data.raw_dir}")
+    given = [f"{key}={value}" for key, value in {"data.synth.scale": scale, "data.raw_dir": out}.items() if value]
+    console.print(f"next: newsrec data prepare {' '.join([*given, *(overrides or [])])}".rstrip(), markup=False)
 
 
 @data_app.command("prepare")
 def data_prepare(
     overrides: Overrides = None,
+    scale: Annotated[Optional[str], typer.Option(help="the synthetic data's scale, as given to `data synth`")] = None,
     raw: Annotated[Optional[Path], typer.Option(help="MIND-layout input directory (data.raw_dir)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Parquet output directory (data.prepared_dir)")] = None,
     strict: Annotated[Optional[bool], typer.Option("--strict/--lenient", help="fail on the first bad row")] = None,
@@ -76,7 +106,8 @@ def data_prepare(
     from newsrec_dist.data.prepare import prepare
     from newsrec_dist.data.reader import DataValidationError
 
-    cfg = _compose(overrides, **{"data.raw_dir": raw, "data.prepared_dir": out, "data.strict": strict})
+    cfg = _compose(overrides, **{"data.synth.scale": scale, "data.raw_dir": raw, "data.prepared_dir": out,
+                                 "data.strict": strict})
     try:
         result = prepare(Path(cfg.data.raw_dir), Path(cfg.data.prepared_dir), list(cfg.data.splits),
                          strict=cfg.data.strict, show_progress=not quiet)
@@ -118,7 +149,7 @@ def data_download(
 @graphs_app.command("build")
 def graphs_build(
     overrides: Overrides = None,
-    window: Annotated[Optional[list[int]], typer.Option(help="window size(s) 1..5 (graphs.windows)")] = None,
+    window: Annotated[Optional[list[int]], typer.Option(help="window size(s) 2..5: w consecutive clicks (graphs.windows)")] = None,
 ) -> None:
     """Keywords (TF-IDF) then the news-ID, item-item keyword and intra-item keyword graphs."""
     from newsrec_dist.pipeline import RunState, stage_graphs, stage_keywords
@@ -320,6 +351,9 @@ def run(overrides: Overrides = None,
     from newsrec_dist.pipeline import run_pipeline
 
     cfg = _compose(overrides)
+    if not cfg.stages:
+        _fail(ConfigError("no stages to run: name an experiment (experiment=quickstart, lecop, popk, pfr, genre) or "
+                          "list them (stages=[synth,prepare,eval,report])"))
     try:
         state = run_pipeline(cfg, from_stage)
     except (ValueError, FileNotFoundError) as error:
@@ -343,12 +377,14 @@ def submit(
 ) -> None:
     """Submit a stage (or the whole pipeline) to this machine, Slurm or Ray; cluster.* settings shape the job."""
     from newsrec_dist.cluster.slurm import SlurmError
-    from newsrec_dist.cluster.submit import config_overrides, job_logs, submit_stage, wait_for
+    from newsrec_dist.cluster.submit import config_overrides, job_logs, settings_that_matter, submit_stage, wait_for
 
     arguments = list(arguments or [])
     chosen = [f"cluster={cluster}"] if cluster else []
     cfg = _compose(chosen + config_overrides(arguments))
     try:
+        for key, value in settings_that_matter(cfg, stage).items():
+            console.print(f"  {key} = {value}", markup=False, highlight=False)
         record = submit_stage(cfg, stage, chosen + arguments)
     except (ConfigError, SlurmError, RuntimeError) as error:
         _fail(error)
@@ -413,6 +449,7 @@ def bench(
     """Run a stage at several worker counts; throughput, memory, GPU use, scaling efficiency → CSV, PNG, Markdown."""
     from newsrec_dist.cluster.bench import bench as run_bench
 
+    _compose(overrides)  # a bad override fails before any run (and --show-config shows the runs' config)
     try:
         counts = [int(count) for count in workers.split(",")]
         rows = run_bench(stage, counts, list(overrides or []), out, work_root or out.with_name(out.name + "-runs"),

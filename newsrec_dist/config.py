@@ -7,15 +7,20 @@ CLI verb, job script and test sees the same composed, type-checked configuration
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 CONF_DIR_ENV = "NEWSREC_CONF_DIR"
 
@@ -542,6 +547,7 @@ class PathsConfig:
 @dataclass
 class RootConfig:
     experiment_name: str = "default"
+    budget: str = "full"  # conf/budget/<name>.yaml sets it: full | small | demo
     seed: int = 42
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -582,16 +588,97 @@ def conf_dir() -> Path:
     return path
 
 
-def load_config(overrides: list[str] | None = None, resolve: bool = True) -> DictConfig:
-    """Compose ``conf/config.yaml`` with Hydra-style ``key=value`` overrides and (by default) resolve it."""
+def _groups() -> dict[str, list[str]]:
+    """Config groups of the tree and their presets (``conf/<group>/<preset>.yaml``)."""
+    sections = {field.name for field in fields(RootConfig)} | set(GLOBAL_GROUPS)
+    return {path.name: sorted(p.stem for p in path.glob("*.yaml"))
+            for path in sorted(conf_dir().iterdir()) if path.name in sections and path.is_dir()}
+
+
+# Groups whose configs write several top-level sections (@package _global_): they are layers, not a section's preset.
+GLOBAL_GROUPS = ("experiment", "budget")
+
+
+def _parse(overrides: list[str]) -> list[Override]:
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        raise ConfigError(f"bad override syntax: {error}") from error
+
+
+def _check(parsed: list[Override], groups: dict[str, list[str]]) -> None:
+    """Our own message for an unknown key, group or preset (Hydra's are about its defaults list)."""
+    sections = {field.name for field in fields(RootConfig)} | set(groups) | {"hydra"}
+    for override in parsed:
+        top = override.key_or_group.split(".")[0].split("/")[0]
+        if top not in sections:
+            near = get_close_matches(top, sorted(sections), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{override.input_line}: no config section {top!r}{hint}; sections: {', '.join(sorted(sections))}")
+        if override.key_or_group in groups and not override.is_delete():
+            choice = override.value()
+            if choice is None and override.key_or_group == "experiment":
+                continue  # experiment=null: no experiment
+            if not isinstance(choice, str) or choice not in groups[override.key_or_group]:
+                raise ConfigError(f"{override.input_line}: {override.key_or_group} has no preset {choice!r}; "
+                                  f"choose one of {', '.join(groups[override.key_or_group])} "
+                                  f"(conf/{override.key_or_group}/)")
+
+
+def _no_experiment(override: Override) -> bool:
+    """``experiment=null``: the root default already composes none (Hydra itself refuses a null choice)."""
+    return override.key_or_group == "experiment" and not override.is_delete() and override.value() is None
+
+
+def _chosen_groups(parsed: list[Override], groups: dict[str, list[str]]) -> list[str]:
+    """Section groups picked on the command line (``encoder=glm4_9b``, ``train=ddp``)."""
+    return [override.key_or_group for override in parsed if override.key_or_group in groups
+            and override.key_or_group not in GLOBAL_GROUPS and not override.is_delete()]
+
+
+def _reason(error: Exception) -> str:
+    """One line naming the key and what is wrong (OmegaConf appends schema internals; Hydra suggests ``+key``)."""
+    cause = error.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        return f"{cause.full_key}: {str(cause.msg).splitlines()[0]}"
+    return str(error).splitlines()[0] + (f": {cause}" if cause else "")
+
+
+def _compose(overrides: list[str]) -> DictConfig:
     _register_schemas()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides or []))
+            return compose(config_name="config", overrides=overrides)
     except HydraException as error:
-        cause = f": {error.__cause__}" if error.__cause__ else ""
-        raise ConfigError(f"{error}{cause}") from error
+        raise ConfigError(_reason(error)) from error
+    except ValueError as error:  # OmegaConf's own, e.g. a list index that is not a number
+        raise ConfigError(f"overrides {' '.join(overrides)}: {error}") from error
+
+
+def load_config(overrides: list[str] | None = None, resolve: bool = True) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra-style ``key=value`` overrides and (by default) resolve it.
+
+    Precedence, strongest first: an explicit ``key=value``; a group chosen here (``encoder=glm4_9b``: its preset as
+    written, whatever the experiment or budget set in that section); the experiment; the budget; the root presets.
+    Hydra alone merges a ``@package _global_`` experiment and budget over every preset, chosen or not, so a chosen
+    group's section is composed again without them and put back.
+    """
+    groups = _groups()
+    parsed = _parse(list(overrides or []))
+    _check(parsed, groups)
+    experiments = [override for override in parsed if override.key_or_group == "experiment"]
+    if experiments and _no_experiment(experiments[-1]):  # the last choice wins, as in Hydra
+        parsed = [override for override in parsed if override.key_or_group != "experiment"]
+    overrides = [override.input_line for override in parsed]
+    cfg = _compose(overrides)
+    chosen = _chosen_groups(parsed, groups)
+    if chosen:
+        own = [override.input_line for override in parsed
+               if override.key_or_group.split(".")[0] in chosen and override.key_or_group not in GLOBAL_GROUPS]
+        presets = _compose(own)
+        for group in chosen:
+            cfg[group] = presets[group]
     if resolve:
         OmegaConf.resolve(cfg)
     return cfg
@@ -623,6 +710,33 @@ def as_object(node: DictConfig) -> Any:
 def from_container(container: dict[str, Any]) -> DictConfig:
     """A resolved config sent as a plain dict (e.g. to Ray workers), typed again by the schemas."""
     return OmegaConf.merge(OmegaConf.structured(RootConfig), container)
+
+
+SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|api_?key|credential|auth", re.IGNORECASE)
+URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+URL_SECRET_PARAM = re.compile(r"(?<=[?&])(sig|signature|token|key|api_key|access_token|password)=[^&\s]+",
+                              re.IGNORECASE)
+MASK = "***"
+
+
+def masked(value: Any, key: str = "") -> Any:
+    """``value`` with secrets masked: values under secret-looking keys (``*_env`` keys name a variable and stay) and
+    credentials inside URLs (``user:pass@``, ``?sig=...``). For every config that is printed or saved."""
+    if isinstance(value, dict):
+        return {name: masked(item, str(name)) for name, item in value.items()}
+    if isinstance(value, list):
+        return [masked(item, key) for item in value]
+    if value is not None and SECRET_KEY.search(key) and not key.endswith("_env"):
+        return MASK
+    if isinstance(value, str):
+        value = URL_USERINFO.sub(MASK + "@", value)
+        return URL_SECRET_PARAM.sub(lambda match: f"{match.group(1)}={MASK}", value)
+    return value
+
+
+def config_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML with secrets masked (``newsrec config``, ``--show-config``, reports)."""
+    return OmegaConf.to_yaml(OmegaConf.create(masked(to_container(cfg))))
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

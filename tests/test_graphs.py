@@ -142,7 +142,7 @@ def test_pruning_matches_reference(spark: SparkSession, min_weight: int, top_k: 
 def test_build_graphs_artifacts_ids_stats_and_noop_rerun(tiny: tuple[Path, Path], tmp_path: Path,
                                                         local_spark: SparkConfig) -> None:
     prepared, keywords = tiny
-    cfg = GraphsConfig(windows=[1, 2], top_k=20, spark=local_spark)
+    cfg = GraphsConfig(windows=[2], top_k=20, spark=local_spark)
     out = tmp_path / "graphs"
     stats = build_graphs(cfg, prepared, keywords, out)
     nodes = pq.read_table(out / "nodes" / "news").to_pandas().sort_values("node_id")
@@ -152,14 +152,14 @@ def test_build_graphs_artifacts_ids_stats_and_noop_rerun(tiny: tuple[Path, Path]
     key_of = dict(zip(nodes["node_id"], nodes["key"]))
     assert [key_of[i] for i in edges["src"]] == edges["src_key"].tolist()
     assert (edges["src"] < edges["dst"]).all()
-    assert pq.read_table(out / "news" / "w=1").num_rows == 0
-    assert stats["news/w=2"]["edges"] == len(edges) and stats["news/w=1"]["edges"] == 0
+    assert stats["news/w=2"]["edges"] == len(edges) > 0
     assert json.loads((out / "stats.json").read_text()) == stats
     stamp = (out / "manifest.json").stat().st_mtime_ns
     assert build_graphs(cfg, prepared, keywords, out) == stats
     assert (out / "manifest.json").stat().st_mtime_ns == stamp
-    with pytest.raises(ValueError, match="1..5"):
-        build_graphs(GraphsConfig(windows=[6], spark=local_spark), prepared, keywords, tmp_path / "bad")
+    for window in (1, 6):
+        with pytest.raises(ValueError, match=r"2\.\.5, got \[%d\].*w=1 has no edges" % window):
+            build_graphs(GraphsConfig(windows=[window], spark=local_spark), prepared, keywords, tmp_path / "bad")
 
 
 def test_stats_agree_with_networkx() -> None:

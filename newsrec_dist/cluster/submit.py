@@ -9,8 +9,9 @@ from __future__ import annotations
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from newsrec_dist.cluster import local, ray_jobs, slurm
 from newsrec_dist.cluster.jobs import FINISHED, JobRecord, load_record, new_job_id, save_record
@@ -31,6 +32,27 @@ def _unset(words: list[str], arguments: list[str]) -> list[str]:
     """Service overrides the user did not set themselves (theirs win)."""
     given = {argument.split("=", 1)[0].lstrip("+~") for argument in config_overrides(arguments)}
     return [word for word in words if word.lstrip("'").split("=", 1)[0] not in given]
+
+
+# The composed values a user checks before queueing hours of cluster time, per stage (dotted keys of the config).
+SETTINGS_SHOWN = {
+    "synth": ("data.synth.scale",), "prepare": (), "graphs": ("graphs.windows",),
+    "node2vec": ("node2vec.graphs", "node2vec.epochs", "node2vec.walks_per_node", "node2vec.device"),
+    "finetune": ("encoder.name", "encoder.finetune.steps", "encoder.finetune.batch_size", "encoder.device"),
+    "embed": ("encoder.name", "encoder.embed.actors"),
+    "glove": (),
+    "generate": ("generate.tasks", "generate.backend.kind", "generate.task.max_news", "generate.task.max_users"),
+    "train": ("model.name", "train.epochs", "train.max_steps", "train.batch_size", "train.devices", "train.strategy"),
+    "eval": ("eval.baselines",),
+    "pipeline": ("experiment_name", "stages", "train.models", "train.epochs", "train.max_steps", "train.batch_size",
+                 "encoder.name", "encoder.finetune.steps", "node2vec.epochs", "generate.task.max_news"),
+}
+
+
+def settings_that_matter(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """Data, budget and the stage's own sizes (steps, epochs, batch, model) as composed."""
+    keys = ("data.name", "budget", *SETTINGS_SHOWN.get(stage, ()))
+    return {key: OmegaConf.select(cfg, key) for key in keys}
 
 
 def jobs_dir(cfg: DictConfig) -> Path:

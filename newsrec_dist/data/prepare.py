@@ -39,8 +39,20 @@ class PrepareResult:
     summary: dict[str, Any]
 
 
+def _other_datasets(raw_dir: Path) -> str:
+    """A hint naming the datasets beside a missing one (a scale given to `data synth` but not to the next verb)."""
+    siblings = sorted(path.name for path in raw_dir.parent.glob("*") if path.is_dir()) if raw_dir.parent.is_dir() else []
+    if not siblings:
+        return " (make one with `newsrec data synth` or `newsrec data download`)"
+    scales = [name.removeprefix("synth-") for name in siblings if name.startswith("synth-")]
+    choice = f"data.synth.scale={scales[0]}" if scales else f"data.name={siblings[0]}"
+    return f"; {raw_dir.parent} holds {', '.join(siblings)}: pick one with e.g. {choice}"
+
+
 def split_inputs(raw_dir: Path, splits: list[str]) -> dict[str, dict[str, Path]]:
     """``{split: {"news": path, "behaviors": path}}``, with a clear error for a missing file."""
+    if not Path(raw_dir).is_dir():
+        raise FileNotFoundError(f"{raw_dir}: no such dataset directory{_other_datasets(Path(raw_dir))}")
     inputs = {}
     for split in splits:
         files = {kind: Path(raw_dir) / split / f"{kind}.tsv" for kind in ("news", "behaviors")}

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from newsrec_dist.charts import grouped_bars, horizontal_bars, line_chart
+from newsrec_dist.config import config_yaml
 from newsrec_dist.eval.evaluate import metrics_markdown
 from newsrec_dist.io import atomic_write_text
 
@@ -339,7 +340,7 @@ def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, fl
                      metrics_markdown(outputs["eval"], cfg.eval.diversity_k), "",
                      f"`new` users have at most {cfg.eval.cold_history_max} history clicks.", ""]
     sections += _timings_section(timings, ran or {}, work_dir)
-    sections += ["## Configuration", "", "```yaml", OmegaConf.to_yaml(cfg).rstrip(), "```", ""]
+    sections += ["## Configuration", "", "```yaml", config_yaml(cfg).rstrip(), "```", ""]
     text = "\n".join(sections)
     path = work_dir / "report.md"
     atomic_write_text(path, text)

@@ -29,7 +29,7 @@ from newsrec_dist.graphs.stats import graph_stats
 from newsrec_dist.io import Manifest, artifact_fingerprint, atomic_dir, atomic_write_text, is_up_to_date, sha256_file
 
 KEYWORDS_FILE = "keywords.parquet"
-MAX_WINDOW = 5
+MIN_WINDOW, MAX_WINDOW = 2, 5  # a window of w consecutive clicks pairs each click with the next w-1
 
 
 def build_keywords(prepared_dir: Path, out_dir: Path, top_k: int) -> Path:
@@ -51,9 +51,10 @@ def _output_config(cfg: GraphsConfig) -> dict[str, Any]:
 
 def build_graphs(cfg: GraphsConfig, prepared_dir: Path, keywords_path: Path, out_dir: Path) -> dict[str, Any]:
     """Build, write and summarise all graphs; a re-run with the same inputs and config is a no-op."""
-    bad = [w for w in cfg.windows if not 1 <= w <= MAX_WINDOW]
+    bad = [w for w in cfg.windows if not MIN_WINDOW <= w <= MAX_WINDOW]
     if bad:
-        raise ValueError(f"graphs.windows must lie in 1..{MAX_WINDOW}, got {bad}")
+        raise ValueError(f"graphs.windows must lie in {MIN_WINDOW}..{MAX_WINDOW}, got {bad}: a window of w consecutive "
+                         "clicks pairs each click with the next w-1, so w=1 has no edges (docs/graphs.md)")
     inputs = {"prepared": artifact_fingerprint(prepared_dir), "keywords": artifact_fingerprint(keywords_path.parent)}
     config = _output_config(cfg)
     if is_up_to_date(out_dir, "graphs", inputs, config):

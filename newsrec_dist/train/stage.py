@@ -22,11 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 
-from newsrec_dist.config import ModelConfig, TrainConfig, as_object, to_container
+from newsrec_dist.config import ModelConfig, TrainConfig, as_object, masked, to_container
 from newsrec_dist.eval.evaluate import EvalData, evaluate_scores, load_eval_data
 from newsrec_dist.eval.impressions import ClickCounter, ImpressionSet, load_impressions
 from newsrec_dist.eval.metrics import write_prediction_file
@@ -230,6 +230,16 @@ class BatchesDataModule(pl.LightningDataModule):
 STEP_PATTERN = re.compile(r"step=(\d+)")
 
 
+class StepBoundedProgressBar(TQDMProgressBar):
+    """The epoch's bar counts the batches that will run: ``max_steps`` may end the run inside the epoch (Lightning
+    bounds the total only when ``max_epochs`` is -1), so its total and ETA are the remaining steps."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        batches, max_steps = self.trainer.num_training_batches, self.trainer.max_steps
+        return min(batches, max_steps - self.trainer.global_step) if max_steps and max_steps > 0 else batches
+
+
 def newest_checkpoint(directory: Path) -> Path | None:
     """The checkpoint with the highest step (periodic and epoch checkpoints share the naming)."""
     found = [(int(m.group(1)), path) for path in directory.glob("*.ckpt") if (m := STEP_PATTERN.search(path.name))]
@@ -252,6 +262,7 @@ def fit(run: TrainRun, work: Path, strategy: Any = None, plugins: list[Any] | No
         ModelCheckpoint(checkpoints, BEST, monitor=f"val_{task.monitor}", mode="max", save_top_k=1,
                         save_on_train_epoch_end=True),
         TrainingRecord(task, run, data, work),
+        *([StepBoundedProgressBar()] if cfg.progress else []),
     ]
     from lightning.pytorch.loggers import CSVLogger
 
@@ -307,7 +318,7 @@ def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_pro
                "eval_rows_per_second": exported["eval_rows"] / max(eval_seconds, 1e-9), "metrics": results}
     atomic_write_text(work.path / "metrics.json", json.dumps(results, indent=2))
     atomic_write_text(work.path / "summary.json", json.dumps(summary, indent=2, default=float))
-    atomic_write_text(work.path / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(run.config)))
+    atomic_write_text(work.path / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(masked(run.config))))
     Manifest(stage="train", inputs=run.inputs, config=run.config, rows=task.rows(data), extra=summary).write(work.path)
     work.publish()
     return summary
