@@ -24,8 +24,8 @@ def newsrec(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_config_composes_quickstart_with_typed_overrides() -> None:
-    cfg = load_config(["data.synth.scale=tiny", "eval.diversity_k=5"])
-    assert cfg.experiment_name == "quickstart"
+    cfg = load_config(["experiment=quickstart", "data.synth.scale=tiny", "eval.diversity_k=5"])
+    assert cfg.experiment_name == "quickstart" and cfg.budget == "demo"
     assert cfg.data.name == "synth-tiny"
     assert cfg.data.raw_dir == "runs/quickstart/raw/synth-tiny"
     assert cfg.eval.diversity_k == 5

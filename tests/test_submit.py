@@ -143,6 +143,7 @@ def test_local_backend_status_logs_and_cancel_from_the_cli(tmp_path: Path) -> No
                            f"data.raw_dir={tmp_path / 'raw'}"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "raw" / "train" / "behaviors.tsv").is_file() and "SUCCEEDED" in done.stdout
+    assert "data.name = synth-tiny" in done.stdout and "data.synth.scale = tiny" in done.stdout  # shown before queueing
     started = subprocess.run([*cli, "submit", "synth", jobs, "data.synth.scale=mind-small",
                               f"data.raw_dir={tmp_path / 'big'}"], capture_output=True, text=True, cwd=ROOT, check=True)
     job_id = started.stdout.split()[1]
