@@ -11,11 +11,14 @@ import pyarrow as pa
 import ray
 
 from newsrec_dist.config import RayConfig
+from newsrec_dist.quiet import is_quiet
 
 
 def _init_kwargs(cfg: RayConfig) -> dict:
+    # workers' own log lines (core_worker notes, library warnings) reach the console with `newsrec --verbose` only;
+    # their errors still come back as exceptions and progress through the stages' queues
     kwargs: dict = {"include_dashboard": cfg.include_dashboard, "dashboard_host": cfg.dashboard_host,
-                    "log_to_driver": True, "configure_logging": False}
+                    "log_to_driver": not is_quiet(), "configure_logging": False}
     if cfg.address == "local":
         kwargs.update(address="local", num_cpus=cfg.num_cpus)
         if cfg.temp_dir:
