@@ -146,7 +146,7 @@ def test_local_backend_status_logs_and_cancel_from_the_cli(tmp_path: Path) -> No
     assert "data.name = synth-tiny" in done.stdout and "data.synth.scale = tiny" in done.stdout  # shown before queueing
     started = subprocess.run([*cli, "submit", "synth", jobs, "data.synth.scale=mind-small",
                               f"data.raw_dir={tmp_path / 'big'}"], capture_output=True, text=True, cwd=ROOT, check=True)
-    job_id = started.stdout.split()[1]
+    job_id = next(line for line in started.stdout.splitlines() if line.startswith("submitted ")).split()[1]
     time.sleep(2)
     assert subprocess.run([*cli, "cancel", job_id, jobs], cwd=ROOT, capture_output=True).returncode == 0
     status = subprocess.run([*cli, "status", job_id, jobs], capture_output=True, text=True, cwd=ROOT).stdout
