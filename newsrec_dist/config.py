@@ -588,9 +588,14 @@ def conf_dir() -> Path:
     return path
 
 
+def _sections() -> set[str]:
+    """Top-level names an override may start with: the schema's keys and the global groups."""
+    return {field.name for field in fields(RootConfig)} | set(GLOBAL_GROUPS)
+
+
 def _groups() -> dict[str, list[str]]:
     """Config groups of the tree and their presets (``conf/<group>/<preset>.yaml``)."""
-    sections = {field.name for field in fields(RootConfig)} | set(GLOBAL_GROUPS)
+    sections = _sections()
     return {path.name: sorted(p.stem for p in path.glob("*.yaml"))
             for path in sorted(conf_dir().iterdir()) if path.name in sections and path.is_dir()}
 
@@ -608,7 +613,7 @@ def _parse(overrides: list[str]) -> list[Override]:
 
 def _check(parsed: list[Override], groups: dict[str, list[str]]) -> None:
     """Our own message for an unknown key, group or preset (Hydra's are about its defaults list)."""
-    sections = {field.name for field in fields(RootConfig)} | set(groups) | {"hydra"}
+    sections = _sections() | {"hydra"}
     for override in parsed:
         top = override.key_or_group.split(".")[0].split("/")[0]
         if top not in sections:
@@ -674,8 +679,7 @@ def load_config(overrides: list[str] | None = None, resolve: bool = True) -> Dic
     cfg = _compose(overrides)
     chosen = _chosen_groups(parsed, groups)
     if chosen:
-        own = [override.input_line for override in parsed
-               if override.key_or_group.split(".")[0] in chosen and override.key_or_group not in GLOBAL_GROUPS]
+        own = [override.input_line for override in parsed if override.key_or_group.split(".")[0] in chosen]
         presets = _compose(own)
         for group in chosen:
             cfg[group] = presets[group]
