@@ -34,6 +34,8 @@ slurm:
 demo: $(STAMP)
 	$(BIN)/newsrec run experiment=quickstart
 
+# Two tiers: the fast one first and fail-fast, then the slow one (end to end, learnability). pytest exits 5 when
+# a tier collects no tests, so an empty run fails loudly. --durations feeds docs/testing.md's table.
 test: $(STAMP) slurm
-	# pytest exits 5 when it collects no tests, so an empty run fails loudly.
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -m "not slow" -x --durations=30
+	$(BIN)/python -m pytest tests -m slow --durations=30

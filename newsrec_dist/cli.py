@@ -67,7 +67,8 @@ def config(overrides: Overrides = None) -> None:
 
 
 def _fail(error: Exception) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(str(error))}")  # brackets in messages are text, not markup
+    # Brackets in messages are text, not markup; soft wrap keeps a message greppable on one line.
+    console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 

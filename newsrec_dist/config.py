@@ -641,11 +641,13 @@ def _chosen_groups(parsed: list[Override], groups: dict[str, list[str]]) -> list
             and override.key_or_group not in GLOBAL_GROUPS and not override.is_delete()]
 
 
-def _reason(error: Exception) -> str:
-    """One line naming the key and what is wrong (OmegaConf appends schema internals; Hydra suggests ``+key``)."""
+def _reason(error: Exception, overrides: list[str]) -> str:
+    """One line naming the override (or key) and what is wrong (OmegaConf appends schema internals; Hydra suggests
+    ``+key``)."""
     cause = error.__cause__
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        return f"{cause.full_key}: {str(cause.msg).splitlines()[0]}"
+        given = [item for item in overrides if item.lstrip("+~").split("=", 1)[0] == cause.full_key]
+        return f"{given[-1] if given else cause.full_key}: {str(cause.msg).splitlines()[0]}"
     return str(error).splitlines()[0] + (f": {cause}" if cause else "")
 
 
@@ -656,7 +658,7 @@ def _compose(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             return compose(config_name="config", overrides=overrides)
     except HydraException as error:
-        raise ConfigError(_reason(error)) from error
+        raise ConfigError(_reason(error, overrides)) from error
     except ValueError as error:  # OmegaConf's own, e.g. a list index that is not a number
         raise ConfigError(f"overrides {' '.join(overrides)}: {error}") from error
 

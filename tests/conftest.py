@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import private_ray_dir
 
 from newsrec_dist.config import GraphsConfig, SparkConfig, SynthConfig
 from newsrec_dist.data.prepare import prepare
 from newsrec_dist.data.synth import generate
 from newsrec_dist.graphs.build import build_graphs, build_keywords
 
+SLOW_TIMEOUT_S = 900
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tier's per-test limit (pyproject's ``timeout`` is every other test's)."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
+
+@pytest.fixture
+def ray_dir() -> Iterator[str]:
+    """A private Ray temp dir for one test; Ray processes left in it are killed afterwards, the dir removed."""
+    with private_ray_dir() as path:
+        yield path
 
 
 @pytest.fixture(scope="session")

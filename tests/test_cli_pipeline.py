@@ -8,19 +8,18 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import matplotlib.image
 import pytest
+from helpers import run
 from newsrec_dist.config import ConfigError, load_config, with_variant
 from newsrec_dist.pipeline import train_jobs
 
 
 def newsrec(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "newsrec_dist.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=900)
+    return run([sys.executable, "-m", "newsrec_dist.cli", *args], cwd=cwd, timeout=900)
 
 
 def test_config_composes_quickstart_with_typed_overrides() -> None:
@@ -59,9 +58,8 @@ def test_ablation_settings_are_checked_against_the_schema() -> None:
         train_jobs(load_config(["experiment=genre", "ablations.0.variants.0.model=nrms"]))
 
 
-def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path) -> None:
+def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path, ray_dir: str) -> None:
     work = tmp_path / "run"
-    ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # private Ray; socket paths must stay short
     settings = ["data.synth.scale=tiny", f"paths.work_dir={work}", f"node2vec.ray.temp_dir={ray_dir}",
                 f"encoder.embed.ray.temp_dir={ray_dir}", "encoder.finetune.steps=4", "encoder.finetune.deepspeed=zero0",
                 f"generate.ray.temp_dir={ray_dir}", f"generate.cache_dir={tmp_path / 'llm-cache'}",
@@ -209,7 +207,7 @@ def test_eval_command_prints_table_and_rejects_unknown_baseline(tmp_path: Path) 
 def test_job_scripts_call_the_same_core(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "raw"
-    result = subprocess.run([sys.executable, str(repo / "jobs" / "prepare_data.py"), "synth", "--quiet", "--scale",
-                             "tiny", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    result = run([sys.executable, str(repo / "jobs" / "prepare_data.py"), "synth", "--quiet", "--scale",
+                             "tiny", "--out", str(out)], timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads((out / "synth_stats.json").read_text())["impressions"] == 3000

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run
 import yaml
 from typer.testing import CliRunner
 
@@ -59,7 +59,7 @@ def composed(arguments: list[str]) -> dict[str, Any]:
 
 def composed_by_job(script: str, arguments: list[str]) -> dict[str, Any]:
     """The job script run for real, told by the environment to print its config instead of working."""
-    result = subprocess.run([sys.executable, script, *arguments], cwd=ROOT, capture_output=True, text=True,
+    result = run([sys.executable, script, *arguments], cwd=ROOT,
                             timeout=120, env={**os.environ, "NEWSREC_SHOW_CONFIG": "1"})
     assert result.returncode == 0, f"{script} {shlex.join(arguments)}:\n{result.stdout}{result.stderr}"
     return yaml.safe_load(result.stdout)
@@ -171,8 +171,8 @@ def test_experiments_leave_budget_keys_to_the_budget() -> None:
     ("train=foo", "train=foo: train has no preset 'foo'; choose one of ddp, default, gpu, ray"),
     ("experiment=nope", "experiment has no preset 'nope'; choose one of genre, lecop, pfr, popk, quickstart"),
     ("trian.max_steps=3", "no config section 'trian' (did you mean 'train'?)"),
-    ("train.nope=1", "train.nope: Key 'nope' not in 'TrainConfig'"),
-    ("data.synth.affinity_weight=strong", "data.synth.affinity_weight: Value 'strong' of type 'str' could not be "
+    ("train.nope=1", "train.nope=1: Key 'nope' not in 'TrainConfig'"),
+    ("data.synth.affinity_weight=strong", "data.synth.affinity_weight=strong: Value 'strong' of type 'str' could not be "
                                           "converted to Float"),
 ])
 def test_a_bad_group_key_or_value_fails_with_our_message(override: str, message: str) -> None:

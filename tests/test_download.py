@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helpers import run
 
 from newsrec_dist.data.download import (
     EXTRACT_MARKER,
@@ -270,19 +271,20 @@ def test_zip_slip_rejected(member: str, tmp_path: Path) -> None:
 
 
 def test_extract_reextracts_when_zip_changes(tmp_path: Path) -> None:
-    first = make_mind_zip(tmp_path / "one.zip")
+    make_mind_zip(tmp_path / "one.zip")
     dest = tmp_path / "train"
     files = extract(tmp_path / "one.zip", dest)
     assert {p.name for p in files} == {"news.tsv", "behaviors.tsv", "entity_embedding.vec",
                                        "relation_embedding.vec"}
     (dest / "news.tsv").unlink()  # damaged extraction: marker no longer sufficient
     extract(tmp_path / "one.zip", dest)
-    assert (dest / "news.tsv").is_file()
+    with zipfile.ZipFile(tmp_path / "one.zip") as archive:
+        assert (dest / "news.tsv").read_bytes() == archive.read("news.tsv")
     with zipfile.ZipFile(tmp_path / "two.zip", "w") as archive:
         archive.writestr("news.tsv", "only\n")
     assert [p.name for p in extract(tmp_path / "two.zip", dest)] == ["news.tsv"]
     assert sorted(p.name for p in dest.iterdir()) == [EXTRACT_MARKER, "news.tsv"]
-    assert first  # the first archive was non-empty
+    assert (dest / "news.tsv").read_text() == "only\n"
 
 
 def test_missing_required_file(server: ServerState, tmp_path: Path) -> None:
@@ -311,7 +313,7 @@ def test_resolve_remote_files() -> None:
 
 
 def _newsrec(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "newsrec_dist.cli", *args], capture_output=True, text=True,
+    return run([sys.executable, "-m", "newsrec_dist.cli", *args],
                           timeout=300)
 
 

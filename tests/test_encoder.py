@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import kill_when
+from helpers import kill_when, run
 from newsrec_dist.config import as_object, load_config
 from newsrec_dist.embed.vectors import EMBEDDINGS_SAFETENSORS, read_vectors
 from newsrec_dist.encoder.embed import PARTS_DIR, embed_news, embedding_name
@@ -73,9 +71,9 @@ def test_tiny_glm4_with_deepspeed_resumes_after_kill(tiny: tuple[Path, Path], tm
     checkpoints = killed / "encoder" / ".partial-tiny-glm4" / "deepspeed"
     # DeepSpeed creates the tag's folder before writing it and names it in ``latest`` only when done.
     kill_when(_finetune_command(killed, prepared), lambda: _latest_step(checkpoints) >= 4, env=env)
-    resumed = subprocess.run(_finetune_command(killed, prepared), env=env, capture_output=True, text=True)
+    resumed = run(_finetune_command(killed, prepared), env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    fresh = subprocess.run(_finetune_command(straight, prepared), env=env, capture_output=True, text=True)
+    fresh = run(_finetune_command(straight, prepared), env=env)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     summary = __import__("json").loads((killed / "encoder" / "tiny-glm4" / "summary.json").read_text())
     assert summary["resumed_at_step"] >= 4 and summary["zero_stage"] == 2
@@ -90,7 +88,7 @@ def _short_run(work: Path, prepared: Path, launcher: list[str], *settings: str) 
                f"data.prepared_dir={prepared}", f"encoder.cache_dir={work.parent / 'models'}", "encoder=tiny_glm4",
                "encoder.device=cpu", "encoder.finetune.steps=3", "encoder.finetune.batch_size=32",
                "encoder.finetune.chunk_size=8", *settings]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    done = run(command, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return _adapter_tensors(work)
 
@@ -112,16 +110,11 @@ def test_ranks_zero3_and_checkpointing_train_the_same_adapter_as_one_process(tin
             assert torch.allclose(adapter[key], reference[key], atol=1e-5), (name, key)
 
 
-@pytest.fixture(scope="module")
-def ray_tmp() -> str:
-    return tempfile.mkdtemp(prefix="ray-enc-", dir="/tmp")  # Ray's socket paths must stay short
-
-
 def test_embed_with_ray_data_resumes_and_matches_direct_encoding(tiny: tuple[Path, Path], tmp_path: Path,
-                                                                  ray_tmp: str) -> None:
+                                                                  ray_dir: str) -> None:
     prepared, _ = tiny
     overrides = ["encoder.embed.use_adapter=false", "encoder.embed.rows_per_part=256", "encoder.embed.batch_size=64",
-                 "encoder.embed.actor_cpus=1", f"encoder.embed.ray.temp_dir={ray_tmp}"]
+                 "encoder.embed.actor_cpus=1", f"encoder.embed.ray.temp_dir={ray_dir}"]
     command = [sys.executable, "-m", "newsrec_dist.cli", "encoder", "embed", "--quiet", f"paths.work_dir={tmp_path}",
                f"data.prepared_dir={prepared}", "encoder.device=cpu", *overrides]
     parts = tmp_path / "embeddings" / ".partial-minilm-base" / PARTS_DIR

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -20,7 +19,7 @@ import pytest
 import ray
 import yaml
 
-from helpers import free_port, kill_when
+from helpers import free_port, kill_when, private_ray_dir, run
 from newsrec_dist.config import GenerateConfig, LLMBackendConfig, RayConfig, as_object, load_config
 from newsrec_dist.data.prepare import read_behaviors, read_news_table
 from newsrec_dist.generate.backends import Completion, OpenAIBackend, Request, TransformersBackend, smollm2_gguf
@@ -94,9 +93,10 @@ def local_ray() -> Iterator[None]:
     # Actors read an API key from their own environment, inherited when Ray starts (on a cluster: set it
     # for every node), so the test server's key is in place before Ray starts.
     os.environ[TEST_KEY_ENV] = TEST_KEY
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="ray-gen-", dir="/tmp"))
-    yield
-    ray.shutdown()
+    with private_ray_dir("ray-gen-") as temp_dir:
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
+        yield
+        ray.shutdown()
     os.environ.pop(TEST_KEY_ENV, None)
 
 
@@ -176,25 +176,24 @@ def test_malformed_answers_are_retried_then_recorded(tiny: tuple[Path, Path], tm
     assert set(keywords["source"].to_pylist()) == {"tfidf"}  # failed rows fall back, none is lost
 
 
-def _cli(work: Path, prepared: Path, cache: Path, *settings: str) -> list[str]:
+def _cli(work: Path, prepared: Path, cache: Path, ray_dir: str, *settings: str) -> list[str]:
     options = [f"paths.work_dir={work}", f"data.prepared_dir={prepared}", f"generate.cache_dir={cache}",
                "generate.backend.threads=2", "generate.batch_size=1", "generate.rows_per_part=1",
-               f"generate.ray.temp_dir={tempfile.mkdtemp(prefix='ray-gk-', dir='/tmp')}", *settings]
+               f"generate.ray.temp_dir={ray_dir}", *settings]
     return [sys.executable, "-m", "newsrec_dist.cli", "generate", "summarize", "--quiet",
             *[part for option in options for part in ("-s", option)]]
 
 
-def test_kill_and_resume_loses_and_duplicates_no_row(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+def test_kill_and_resume_loses_and_duplicates_no_row(tiny: tuple[Path, Path], tmp_path: Path, ray_dir: str) -> None:
     prepared, _ = tiny
     settings = ("generate.task.max_news=16",)
     parts = tmp_path / "killed" / "generate" / ".partial-summarize" / PARTS_DIR
-    kill_when(_cli(tmp_path / "killed", prepared, tmp_path / "cache", *settings),
+    kill_when(_cli(tmp_path / "killed", prepared, tmp_path / "cache", ray_dir, *settings),
               lambda: any(parts.glob("part-*.parquet")))
     kept = len(list(parts.glob("part-*.parquet")))
-    resumed = subprocess.run(_cli(tmp_path / "killed", prepared, tmp_path / "cache", *settings), capture_output=True, text=True)
+    resumed = run(_cli(tmp_path / "killed", prepared, tmp_path / "cache", ray_dir, *settings))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    straight = subprocess.run(_cli(tmp_path / "straight", prepared, tmp_path / "cache2", *settings),
-                              capture_output=True, text=True)
+    straight = run(_cli(tmp_path / "straight", prepared, tmp_path / "cache2", ray_dir, *settings))
     assert straight.returncode == 0, straight.stderr[-3000:]
     a = pq.read_table(tmp_path / "killed" / "generate" / "summarize" / "results.parquet")
     b = pq.read_table(tmp_path / "straight" / "generate" / "summarize" / "results.parquet")
@@ -302,19 +301,18 @@ def test_transformers_backend_constrains_smollm2_to_the_schema() -> None:
     assert all(parse_answer(answer.text, template.schema)[1] is None for answer in answers)
 
 
-def test_job_script_stops_at_the_budget_with_exit_code_3_then_continues(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+def test_job_script_stops_at_the_budget_with_exit_code_3_then_continues(tiny: tuple[Path, Path], tmp_path: Path, ray_dir: str) -> None:
     prepared, _ = tiny
     job = Path(__file__).resolve().parents[1] / "jobs" / "generate.py"
     settings = [f"paths.work_dir={tmp_path}", f"data.prepared_dir={prepared}", f"generate.cache_dir={tmp_path / 'cache'}",
                 "generate.task.max_news=2", "generate.batch_size=1", "generate.rows_per_part=1", "generate.backend.threads=2",
-                f"generate.ray.temp_dir={tempfile.mkdtemp(prefix='ray-gj-', dir='/tmp')}"]
-    stopped = subprocess.run([sys.executable, str(job), "keywords", *settings, "generate.budget.max_tokens=1"],
-                             capture_output=True, text=True)
+                f"generate.ray.temp_dir={ray_dir}"]
+    stopped = run([sys.executable, str(job), "keywords", *settings, "generate.budget.max_tokens=1"])
     assert stopped.returncode == 3, stopped.stdout + stopped.stderr
     assert "stopped:" in stopped.stdout and "raise the budget" in " ".join(stopped.stdout.split())
-    finished = subprocess.run([sys.executable, str(job), "keywords", *settings], capture_output=True, text=True)
+    finished = run([sys.executable, str(job), "keywords", *settings])
     assert finished.returncode == 0, finished.stdout + finished.stderr
     cost = json.loads((tmp_path / "generate" / "keywords" / "cost.json").read_text())
     assert cost["ok"] + cost["failed"] == 2 and cost["rows"] == read_news_table(prepared).num_rows
-    unknown = subprocess.run([sys.executable, str(job), "teleport", *settings], capture_output=True, text=True)
+    unknown = run([sys.executable, str(job), "teleport", *settings])
     assert unknown.returncode == 2 and "unknown generate task(s) ['teleport']" in unknown.stdout

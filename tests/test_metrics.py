@@ -165,7 +165,7 @@ def test_mrr_ndcg_match_mind_reference(decimals: int | None) -> None:
 
 @pytest.mark.parametrize("k", [5, 10])
 def test_ndcg_mean_matches_torchmetrics(k: int) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     from torchmetrics.retrieval import RetrievalNormalizedDCG
 
     scores, labels, offsets = random_impressions(seed=3, n_groups=400, decimals=None)

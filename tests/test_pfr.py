@@ -4,15 +4,14 @@ profiles, and PFR helping cold news on planted data (real MiniLM, real torch-geo
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import run
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMRR, RetrievalNormalizedDCG, RetrievalRecall
 
@@ -82,13 +81,12 @@ def test_item_profiles_keep_llm_answers_and_fall_back_to_the_item_text(tiny: tup
 
 
 def newsrec(*args: str, cwd: Path) -> dict:
-    result = subprocess.run([sys.executable, "-m", "newsrec_dist.cli", *args], cwd=cwd, capture_output=True,
-                            text=True, timeout=600)
+    result = run([sys.executable, "-m", "newsrec_dist.cli", *args], cwd=cwd, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
 
-def test_pfr_helps_cold_news_over_plain_lightgcn_from_the_cli(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+def test_pfr_helps_cold_news_over_plain_lightgcn_from_the_cli(tiny: tuple[Path, Path], tmp_path: Path, ray_dir: str) -> None:
     """Planted topics live in the news text, so profile vectors can place news nobody clicked yet."""
     prepared, _ = tiny
     profiles = tmp_path / "generate" / "item_profile"
@@ -98,7 +96,6 @@ def test_pfr_helps_cold_news_over_plain_lightgcn_from_the_cli(tiny: tuple[Path, 
     pq.write_table(item_profile_outputs(empty, read_news_table(prepared), GenerateTasksConfig())["profiles.parquet"],
                    profiles / "profiles.parquet")
     Manifest(stage="generate-item_profile", inputs={}, config={"test": "text profiles"}).write(profiles)
-    ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     common = [f"paths.work_dir={tmp_path}", f"data.prepared_dir={prepared}"]
     newsrec("encoder", "embed", "--profiles", "--quiet", *common, "encoder.device=cpu", "encoder.embed.actor_cpus=1",
             f"encoder.embed.ray.temp_dir={ray_dir}", cwd=tmp_path)

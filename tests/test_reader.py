@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from newsrec_dist.data import reader
@@ -657,15 +659,33 @@ def file_bytes(lines: list[GenLine], crlf: list[bool], trailing_newline: bool) -
     return data
 
 
+# CI runs FUZZ_CASES seeded cases; NEWSREC_FUZZ_CASES raises the count for the long run (docs/testing.md).
+FUZZ_CASES = int(os.environ.get("NEWSREC_FUZZ_CASES", "500"))
+FUZZ_SEED = 20261203
+FUZZ_TALLY: Counter[str] = Counter()
+
+
+def test_fuzz_prepare_accounts_for_every_row() -> None:
+    """Every generated file's rows are read, kept or rejected with a reason, FUZZ_CASES cases from a fixed seed."""
+    FUZZ_TALLY.clear()
+    check_prepare_accounts_for_every_row()
+    print(f"fuzz: {FUZZ_TALLY['cases']} cases (seed {FUZZ_SEED}), {FUZZ_TALLY['rows']} rows read = "
+          f"{FUZZ_TALLY['kept']} kept + {FUZZ_TALLY['rejected']} rejected, 0 crashes")
+    assert FUZZ_TALLY["cases"] >= FUZZ_CASES
+    assert FUZZ_TALLY["rows"] == FUZZ_TALLY["kept"] + FUZZ_TALLY["rejected"] and FUZZ_TALLY["rejected"] > 0
+
+
+@seed(FUZZ_SEED)
 @given(
     news=news_file(),
     labeled=st.booleans(),
     data=st.data(),
     block_bytes=st.sampled_from([1, 150, 1 << 20, 1 << 20]),  # one line a block .. one block
 )
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-def test_fuzz_prepare_accounts_for_every_row(news: list[GenLine], labeled: bool, data: st.DataObject,
-                                             block_bytes: int) -> None:
+@settings(max_examples=FUZZ_CASES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def check_prepare_accounts_for_every_row(news: list[GenLine], labeled: bool, data: st.DataObject,
+                                         block_bytes: int) -> None:
     behaviors = data.draw(behaviors_file(labeled))
     news_crlf = data.draw(st.lists(st.booleans(), min_size=len(news), max_size=len(news)))
     beh_crlf = data.draw(st.lists(st.booleans(), min_size=len(behaviors), max_size=len(behaviors)))
@@ -709,6 +729,8 @@ def test_fuzz_prepare_accounts_for_every_row(news: list[GenLine], labeled: bool,
                     assert r["text"] == expected_text[: reader.MAX_REJECT_TEXT]
         assert summary["rows_read"] == len(news) + len(behaviors)
         assert summary["rows_kept"] + summary["rows_rejected"] == summary["rows_read"]
+        FUZZ_TALLY.update(cases=1, rows=summary["rows_read"], kept=summary["rows_kept"],
+                          rejected=summary["rows_rejected"])
 
         news_table = pq.read_table(out_dir / "news.parquet")
         assert news_table.num_rows == files[str(news_path)]["kept"] == summary["news_rows"]

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import kill_when
+from helpers import kill_when, run
 from safetensors.torch import load_file
 
 from newsrec_dist.config import SynthConfig, load_config
@@ -146,7 +144,7 @@ def test_resume_after_kill_equals_uninterrupted_run(planted: Path, tmp_path: Pat
     kill_when(_cli(planted, tmp_path / "killed", *extra),
               lambda: any("step=14" in p.name or "step=21" in p.name for p in checkpoints.glob("*.ckpt")), env=env)
     assert not (tmp_path / "killed" / "lstur").exists()
-    subprocess.run(_cli(planted, tmp_path / "killed", *extra), check=True, env=env, capture_output=True)
+    run(_cli(planted, tmp_path / "killed", *extra), check=True, env=env)
     train(planted, tmp_path / "straight", *extra)
     resumed = load_file(tmp_path / "killed" / "lstur" / "model.safetensors")
     straight = load_file(tmp_path / "straight" / "lstur" / "model.safetensors")
@@ -168,17 +166,15 @@ def test_finished_run_is_reused_and_bad_settings_fail_clearly(tiny: tuple[Path, 
                          ("train.sampler.kind=hard", "sampler.kind"), ("model.news.heads=7", "divisible")):
         with pytest.raises(ValueError, match=message):
             train(prepared, tmp_path / "bad", "train.epochs=1", bad)
-    result = subprocess.run([sys.executable, "-m", "newsrec_dist.cli", "train", "train.epochs=many"],
-                            capture_output=True, text=True)
+    result = run([sys.executable, "-m", "newsrec_dist.cli", "train", "train.epochs=many"])
     assert result.returncode == 2 and "train.epochs" in result.stdout
 
 
 # Last in the file: a SIGTERM that Ray's shutdown leaves for Lightning's handler in this process ended the next
 # in-process training once (SystemExit 15); see the session note.
 @pytest.mark.slow
-def test_ray_train_two_workers_match_single_process(planted: Path, tmp_path: Path) -> None:
+def test_ray_train_two_workers_match_single_process(planted: Path, tmp_path: Path, ray_dir: str) -> None:
     single = train(planted, tmp_path / "single")["metrics"]["all"]["auc"]
-    ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # socket paths must stay short
     ray_run = train(planted, tmp_path / "ray", "train=ray", f"train.ray.ray.temp_dir={ray_dir}", "train.threads=1")
     assert ray_run["metrics"]["all"]["auc"] >= MIN_AUC
     assert abs(ray_run["metrics"]["all"]["auc"] - single) < 0.05

@@ -67,9 +67,11 @@ def walk_edge_index(edges: pa.Table, cfg: Node2VecConfig) -> torch.Tensor:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"node2vec.device={name} but no CUDA device is visible; use device=cpu or auto")
-    return torch.device(name)
+    device = torch.device(name)
+    visible = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and (device.index or 0) >= visible:
+        raise RuntimeError(f"node2vec.device={name} but {visible} CUDA device(s) are visible; use device=cpu or auto")
+    return device
 
 
 def build_model(edge_index: torch.Tensor, num_nodes: int, cfg: Node2VecConfig) -> Node2Vec:
