@@ -20,7 +20,7 @@ from pathlib import Path
 from newsrec_dist.measure import append_csv, append_section
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_train import LEARNERS, lecop_overrides, make_planted, train  # noqa: E402  (the tests' data, settings)
+from planted import LEARNERS, lecop_overrides, make_planted, train  # noqa: E402  (the tests' data, settings)
 
 COLUMNS = ("model", "dev_auc", "new_auc", "warm_auc", "mrr", "ndcg@10", "auc_per_epoch", "train_s")
 
@@ -33,7 +33,7 @@ def main() -> None:
     prepared = make_planted(args.workdir / "data")
     variants = [(f"{name}{' ' + ' '.join(extra) if extra else ''}", [f"model={name}", *extra]) for name, extra in LEARNERS]
     variants += [("plm_nr (2 epochs)", ["model=plm_nr", "train.epochs=2"]),
-                 ("lecop (GloVe + planted graph vectors)", lecop_overrides(prepared, args.workdir))]
+                 ("lecop (GloVe + Node2Vec news/w=2 vectors)", lecop_overrides(prepared, args.workdir))]
     rows = []
     for index, (label, overrides) in enumerate(variants):
         started = time.perf_counter()

@@ -48,6 +48,8 @@ def options(
 
 
 def _compose(overrides: list[str] | None, **shorthands: object) -> DictConfig:
+    """The command's config, or exit with our message. Commands import their stage after this call, so
+    ``--show-config`` and a bad override answer in a second, without loading torch."""
     extra = [f"{key}={value}" for key, value in shorthands.items() if value is not None]
     try:
         cfg = load_config(extra + list(overrides or []))
@@ -153,10 +155,11 @@ def graphs_build(
     window: Annotated[Optional[list[int]], typer.Option(help="window size(s) 2..5: w consecutive clicks (graphs.windows)")] = None,
 ) -> None:
     """Keywords (TF-IDF) then the news-ID, item-item keyword and intra-item keyword graphs."""
+    extra = [f"graphs.windows=[{','.join(map(str, window))}]"] if window else []
+    cfg = _compose(extra + list(overrides or []))
     from newsrec_dist.pipeline import RunState, stage_graphs, stage_keywords
 
-    extra = [f"graphs.windows=[{','.join(map(str, window))}]"] if window else []
-    state = RunState(cfg=_compose(extra + list(overrides or [])))
+    state = RunState(cfg=cfg)
     try:
         stage_keywords(state)
         stage_graphs(state)
@@ -176,10 +179,9 @@ def node2vec_train(
     quiet: bool = typer.Option(False, help="no progress bars"),
 ) -> None:
     """Node2Vec on each graph of the graphs artifact, one Ray task per graph; resumes after a kill."""
-    from newsrec_dist.embed.node2vec_stage import embed_graphs
-
     extra = [f"node2vec.graphs=[{','.join(repr(name) for name in graph)}]"] if graph else []  # quoted: names hold '='
     cfg = _compose(extra + list(overrides or []), **{"node2vec.device": device})
+    from newsrec_dist.embed.node2vec_stage import embed_graphs
     try:
         summaries = embed_graphs(as_object(cfg.node2vec), show_progress=not quiet)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
@@ -209,9 +211,8 @@ def encoder_finetune(
 
     One process here; ``deepspeed``/``torchrun``/``srun`` launch ``jobs/finetune_encoder.py`` on GPUs.
     """
-    from newsrec_dist.encoder.finetune import finetune
-
     cfg = _compose(overrides, **{"encoder.finetune.steps": steps, "encoder.device": device})
+    from newsrec_dist.encoder.finetune import finetune
     try:
         summary = finetune(as_object(cfg.encoder), Path(cfg.data.prepared_dir), _progress(quiet))
     except (ValueError, FileNotFoundError, RuntimeError) as error:
@@ -233,9 +234,8 @@ def encoder_embed(
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Embed every news item (title + abstract) or item profile with a Ray Data actor pool; resumes after a kill."""
-    from newsrec_dist.encoder.embed import embed_news, embed_profiles
-
     cfg = _compose(overrides, **{"encoder.embed.use_adapter": "false" if base else None})
+    from newsrec_dist.encoder.embed import embed_news, embed_profiles
     encoder = as_object(cfg.encoder)
     try:
         summary = (embed_profiles(encoder, _progress(quiet)) if profiles
@@ -248,9 +248,8 @@ def encoder_embed(
 @encoder_app.command("glove")
 def encoder_glove(overrides: Overrides = None, quiet: bool = typer.Option(False, help="no progress bar")) -> None:
     """GloVe 6B 50d mean-of-words news vectors, the LECOP ablation baseline."""
-    from newsrec_dist.encoder.glove import glove_embeddings
-
     cfg = _compose(overrides)
+    from newsrec_dist.encoder.glove import glove_embeddings
     try:
         summary = glove_embeddings(Path(cfg.data.prepared_dir), Path(cfg.encoder.embeddings_dir), _progress(quiet))
     except (ValueError, FileNotFoundError) as error:
@@ -270,12 +269,11 @@ def generate(
 
     Example: ``newsrec generate summarize profile generate.task.max_news=100`` (or ``-s key=value``).
     """
-    from newsrec_dist.generate.engine import BudgetExhausted
-    from newsrec_dist.generate.stage import run_generation
-
     tasks = [name for name in task if "=" not in name]
     given = [name for name in task if "=" in name] + list(overrides or [])
     cfg = _compose(given + [f"generate.tasks=[{','.join(tasks)}]"])
+    from newsrec_dist.generate.engine import BudgetExhausted
+    from newsrec_dist.generate.stage import run_generation
     try:
         costs = run_generation(as_object(cfg.generate), Path(cfg.data.prepared_dir), list(cfg.data.splits),
                                _progress(quiet))
@@ -298,10 +296,9 @@ def evaluate(
     split: Annotated[Optional[str], typer.Option(help="split to score (eval.split)")] = None,
 ) -> None:
     """Score a prepared split with baselines; print the metrics table, write JSON and prediction files."""
-    from newsrec_dist.eval.evaluate import metrics_markdown, run_baselines
-
     extra = [f"eval.baselines=[{','.join(baseline)}]"] if baseline else []
     cfg = _compose(extra + list(overrides or []), **{"eval.split": split})
+    from newsrec_dist.eval.evaluate import metrics_markdown, run_baselines
     labeled = [name for name in cfg.data.splits if name != "test"]
     try:
         payload = run_baselines(Path(cfg.data.prepared_dir), Path(cfg.eval.output_dir), list(cfg.eval.baselines),
@@ -324,9 +321,8 @@ def train(
     Example: ``newsrec train model=naml train.epochs=5 train.sampler.kind=popk``; ``newsrec train model=pfr``
     (graph CF: top-k on the train → dev time split).
     """
-    from newsrec_dist.train.stage import train_model
-
     cfg = _compose(overrides, model=model, **{"train.progress": False if quiet else None})
+    from newsrec_dist.train.stage import train_model
     try:
         summary = train_model(cfg, _progress(quiet))
     except (ValueError, FileNotFoundError) as error:
@@ -349,9 +345,8 @@ def run(overrides: Overrides = None,
         ) -> None:
     """Run the whole pipeline of an experiment, e.g. ``newsrec run experiment=quickstart``; current stages are
     skipped, a killed run resumes."""
-    from newsrec_dist.pipeline import run_pipeline
-
     cfg = _compose(overrides)
+    from newsrec_dist.pipeline import run_pipeline
     if not cfg.stages:
         _fail(ConfigError("no stages to run: name an experiment (experiment=quickstart, lecop, popk, pfr, genre) or "
                           "list them (stages=[synth,prepare,eval,report])"))

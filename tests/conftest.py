@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from helpers import private_ray_dir
+from planted import LSTUR_RESUME, make_planted, train
 
 from newsrec_dist.config import GraphsConfig, SparkConfig, SynthConfig
 from newsrec_dist.data.prepare import prepare
@@ -54,3 +55,17 @@ def tiny_graphs(tiny: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactor
     out = tmp_path_factory.mktemp("tiny-graphs") / "graphs"
     build_graphs(GraphsConfig(windows=[2, 3], spark=local_spark), prepared, keywords, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Prepared planted-interest data (tests/planted.py): what the learnability and resume tests train on."""
+    return make_planted(tmp_path_factory.mktemp("planted"))
+
+
+@pytest.fixture(scope="session")
+def lstur_straight(planted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted LSTUR run of LSTUR_RESUME: what a killed or requeued run must end up equal to."""
+    out = tmp_path_factory.mktemp("lstur-straight") / "train"
+    train(planted, out, *LSTUR_RESUME)
+    return out / "lstur"

@@ -12,9 +12,16 @@ import time
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import torch
 from helpers import run
+from safetensors.torch import load_file
+
 from newsrec_dist.config import ConfigError, load_config, with_variant
+from newsrec_dist.embed.vectors import read_vectors
+from newsrec_dist.graphs.artifact import node_keys
 from newsrec_dist.pipeline import train_jobs
 
 
@@ -58,6 +65,7 @@ def test_ablation_settings_are_checked_against_the_schema() -> None:
         train_jobs(load_config(["experiment=genre", "ablations.0.variants.0.model=nrms"]))
 
 
+@pytest.mark.slow
 def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path, ray_dir: str) -> None:
     work = tmp_path / "run"
     settings = ["data.synth.scale=tiny", f"paths.work_dir={work}", f"node2vec.ray.temp_dir={ray_dir}",
@@ -71,23 +79,39 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path, ray_dir:
     assert "## Co-occurrence graphs" in report and "| news/w=2 |" in report
     assert "## Node2Vec embeddings" in report
     assert "## News encoder" in report and "| adapted model |" in report
-    for name in ("minilm-finetuned", "glove-6b-50d"):
-        assert (work / "embeddings" / name / "embeddings.parquet").is_file(), name
-    assert (work / "encoder" / "minilm" / "adapter").is_dir()
     assert "## LLM generation" in report and "| chain (profiler step) | " in report
-    for task in ("keywords", "summarize", "item_profile", "profile", "news", "chain", "chain_profile"):
-        assert (work / "generate" / task / "results.parquet").is_file(), task
-    assert (work / "generate" / "chain" / "prepared" / "news.parquet").is_file()
+    news_ids = pq.read_table(work / "prepared" / "synth-tiny" / "news.parquet", columns=["news_id"])["news_id"]
+    for name, width in (("minilm-finetuned", 384), ("glove-6b-50d", 50), ("minilm-profiles", 384)):
+        keys, vectors = read_vectors(work / "embeddings" / name)
+        assert sorted(keys) == sorted(news_ids.to_pylist()) and vectors.shape == (len(news_ids), width), name
+        assert np.isfinite(vectors).all() and (np.linalg.norm(vectors, axis=1) > 0).mean() > 0.99, name
+    # every stage's manifest records the values it ran with: the demo budget and this test's overrides
+    assert manifest(work / "encoder" / "minilm")["config"]["finetune"]["steps"] == 4
+    adapter = load_file(work / "encoder" / "minilm" / "adapter" / "adapter_model.safetensors")
+    assert any("lora_B" in key and adapter[key].abs().sum() > 0 for key in adapter)  # LoRA B starts at 0: it trained
     for graph in ("news/w=2", "item_keyword/w=2", "intra_keyword"):
-        assert (work / "node2vec" / graph / "embeddings.parquet").is_file()
+        ran = manifest(work / "node2vec" / graph)
+        assert (ran["config"]["epochs"], ran["config"]["walks_per_node"]) == (2, 5), graph  # budget small, via demo
+        keys, vectors = read_vectors(work / "node2vec" / graph)
+        assert len(keys) == ran["rows"]["embeddings"] == len(node_keys(work / "graphs", graph)), graph
+        assert vectors.shape[1] == ran["config"]["embedding_dim"] and vectors.std() > 0, graph
+    assert manifest(work / "generate" / "summarize")["config"]["task"]["max_news"] == 2
+    asked = {"keywords": 2, "summarize": 2, "item_profile": 2, "profile": 1, "news": 1, "chain": 1, "chain_profile": 1}
+    for task, rows in asked.items():
+        statuses = pq.read_table(work / "generate" / task / "results.parquet")["status"].to_pylist()
+        assert len(statuses) - statuses.count("skipped") == rows, task
+    assert (work / "generate" / "chain" / "prepared" / "news.parquet").is_file()
+    for model, batch in (("nrms", 32), ("lecop", 32), ("nrms_genre", 32), ("pfr.pfr", 1024)):
+        ran = manifest(work / "train" / model)["config"]["train"]
+        assert (ran["max_steps"], ran["batch_size"]) == (12, batch), model  # the arm's own batch beats the demo's
+        weights = load_file(work / "train" / model / "model.safetensors")
+        assert weights and all(torch.isfinite(tensor).all() for tensor in weights.values()), model
     assert "## Recommenders" in report and "GENRE cost per gain" in report
     for model in ("nrms", "lecop", "nrms_genre"):
         assert f"| {model} | 12 |" in report and f"| {model} | warm |" in report
-        assert (work / "train" / model / "model.safetensors").is_file(), model
     coverage = json.loads((work / "train" / "lecop" / "summary.json").read_text())["coverage"]
     assert {entry["keyed_by"] for entry in coverage.values()} == {"news", "keyword"}
     assert "## Ablation `pfr`" in report and "Top-k over the pool's cold news" in report and "| pfr | " in report
-    assert (work / "embeddings" / "minilm-profiles" / "embeddings.parquet").is_file()
     assert (work / "train" / "pfr.pfr" / "recommendations.parquet").is_file()
     for name in ("random", "popularity", "category_profile"):
         assert f"| {name} | all |" in report and f"| {name} | new |" in report
@@ -113,6 +137,10 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path, ray_dir:
     assert unknown.returncode == 2 and "news/w=9" in unknown.stdout
 
 
+def manifest(directory: Path) -> dict:
+    return json.loads((directory / "manifest.json").read_text())
+
+
 def assert_html_report(work: Path, figures: list[str]) -> None:
     """report.html stands alone: every figure of report.md inlined as a PNG that decodes to a real chart."""
     markdown_text, html = (work / "report.md").read_text(), (work / "report.html").read_text()
@@ -125,6 +153,7 @@ def assert_html_report(work: Path, figures: list[str]) -> None:
     assert "src=\"figures/" not in html and html.count("<table>") == tables
 
 
+@pytest.mark.slow
 def test_killed_pipeline_resumes_and_from_reruns_the_later_stages(tmp_path: Path) -> None:
     work = tmp_path / "run"
     # POPK's ablation with arm k1 made equal to k0 (uniform negatives): it must be trained once, not twice

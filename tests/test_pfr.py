@@ -19,7 +19,6 @@ from newsrec_dist.config import GenerateTasksConfig
 from newsrec_dist.data.prepare import read_news_table
 from newsrec_dist.eval.topk import Csr, topk_metrics
 from newsrec_dist.generate.tasks import item_profile_outputs
-from newsrec_dist.io import Manifest
 from newsrec_dist.train.graph_cf import GraphBatches, load_click_graph
 
 LIBRARY = {"recall": RetrievalRecall, "ndcg": RetrievalNormalizedDCG, "mrr": RetrievalMRR, "hit": RetrievalHitRate}
@@ -89,14 +88,13 @@ def newsrec(*args: str, cwd: Path) -> dict:
 def test_pfr_helps_cold_news_over_plain_lightgcn_from_the_cli(tiny: tuple[Path, Path], tmp_path: Path, ray_dir: str) -> None:
     """Planted topics live in the news text, so profile vectors can place news nobody clicked yet."""
     prepared, _ = tiny
-    profiles = tmp_path / "generate" / "item_profile"
-    profiles.mkdir(parents=True)
-    empty = pa.table({"row_id": pa.array([], pa.string()), "status": pa.array([], pa.string()),
-                      "answer": pa.array([], pa.string())})
-    pq.write_table(item_profile_outputs(empty, read_news_table(prepared), GenerateTasksConfig())["profiles.parquet"],
-                   profiles / "profiles.parquet")
-    Manifest(stage="generate-item_profile", inputs={}, config={"test": "text profiles"}).write(profiles)
     common = [f"paths.work_dir={tmp_path}", f"data.prepared_dir={prepared}"]
+    # the real item_profile task (SmolLM2 through llama.cpp) on a few news; the others fall back to their text
+    newsrec("generate", "item_profile", "--quiet", *[part for option in (
+        *common, "generate.task.max_news=8", "generate.backend.threads=2", f"generate.ray.temp_dir={ray_dir}",
+        f"generate.cache_dir={tmp_path / 'llm-cache'}") for part in ("-s", option)], cwd=tmp_path)
+    sources = pq.read_table(tmp_path / "generate" / "item_profile" / "profiles.parquet")["source"].to_pylist()
+    assert 0 < sources.count("llm") <= 8 and len(sources) == read_news_table(prepared).num_rows
     newsrec("encoder", "embed", "--profiles", "--quiet", *common, "encoder.device=cpu", "encoder.embed.actor_cpus=1",
             f"encoder.embed.ray.temp_dir={ray_dir}", cwd=tmp_path)
     metrics = {}

@@ -14,8 +14,8 @@ import matplotlib.image
 import pytest
 from helpers import run
 from local_clusters import LocalRay, LocalSlurm, local_ray_cluster, local_slurm, wait_until
-from test_train import make_planted
-from test_train import overrides as train_overrides
+from planted import LSTUR_RESUME
+from planted import overrides as train_overrides
 
 from newsrec_dist.cluster import slurm as slurm_backend
 from newsrec_dist.cluster.bench import with_scaling
@@ -75,10 +75,9 @@ def test_slurm_rejects_impossible_requests_before_submission(slurm: LocalSlurm, 
     assert _queue(slurm) == "" and list_records(tmp_path / "jobs") == []
 
 
-def test_slurm_job_requeued_mid_training_resumes_from_its_checkpoint(slurm: LocalSlurm, tmp_path: Path) -> None:
-    prepared = make_planted(tmp_path / "planted")
-    settings = train_overrides(prepared, tmp_path / "train", "model=lstur", "train.epochs=2",
-                               "train.checkpoint_every_n_steps=7")
+def test_slurm_job_requeued_mid_training_resumes_from_its_checkpoint(slurm: LocalSlurm, planted: Path,
+                                                                      lstur_straight: Path, tmp_path: Path) -> None:
+    settings = train_overrides(planted, tmp_path / "train", *LSTUR_RESUME)
     record = _submit("train", tmp_path, *SLURM_JOB, *settings)
     checkpoints = tmp_path / "train" / ".partial-lstur" / "checkpoints"
     wait_until(lambda: any("step=14" in path.name for path in checkpoints.glob("*.ckpt")), 600, "checkpoint",
@@ -93,11 +92,7 @@ def test_slurm_job_requeued_mid_training_resumes_from_its_checkpoint(slurm: Loca
     summary = json.loads((tmp_path / "train" / "lstur" / "summary.json").read_text())
     assert len(summary["resumed_from"]) == 1 and "resuming from checkpoint" in log.split(" run 2 ")[1]
     assert int(summary["resumed_from"][0].split("step=")[1].removesuffix(".ckpt")) >= 14
-    straight = tmp_path / "straight"
-    run([sys.executable, "-m", "newsrec_dist.cli", "train", "--quiet",  # the same training, uninterrupted
-                    *train_overrides(prepared, straight, "model=lstur", "train.epochs=2",
-                                     "train.checkpoint_every_n_steps=7")], check=True)
-    reference = json.loads((straight / "lstur" / "summary.json").read_text())
+    reference = json.loads((lstur_straight / "summary.json").read_text())  # the same training, uninterrupted
     assert summary["steps"] == reference["steps"] and summary["metrics"] == reference["metrics"]
 
 
@@ -157,8 +152,8 @@ def test_local_backend_status_logs_and_cancel_from_the_cli(tmp_path: Path) -> No
     assert missing.returncode == 2 and "no job 'synth-19990101-000000-beef'" in missing.stdout
 
 
-def test_bench_train_one_vs_two_ray_workers_writes_csv_png_markdown(tmp_path: Path) -> None:
-    prepared = make_planted(tmp_path / "planted")
+def test_bench_train_one_vs_two_ray_workers_writes_csv_png_markdown(planted: Path, tmp_path: Path) -> None:
+    prepared = planted
     out = tmp_path / "report" / "scaling_train"
     cli = [sys.executable, "-m", "newsrec_dist.cli", "bench"]
     settings = [f"data.prepared_dir={prepared}", "train.epochs=1", "train.max_steps=12", "train.batch_size=32",

@@ -7,49 +7,16 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import kill_when, run
 from safetensors.torch import load_file
 
-from newsrec_dist.config import SynthConfig, load_config
-from newsrec_dist.data.prepare import prepare
-from newsrec_dist.data.synth import generate
-from newsrec_dist.io import Manifest
-from newsrec_dist.train.stage import train_model
+from planted import LEARNERS, LSTUR_RESUME, MIN_AUC, lecop_overrides, overrides, train
 
-# Small and quick, the same code as the defaults: CPU, one process, a few epochs.
-FAST = ["model.news.dim=64", "model.news.heads=4", "model.user.heads=4", "model.news.attention_dim=32",
-        "train.max_history=20", "train.batch_size=32", "train.epochs=3", "train.max_steps=-1", "train.progress=false",
-        "train.threads=2"]
-MIN_AUC = 0.65
-
-
-LEARNERS = [("nrms", ()), ("naml", ()), ("lstur", ()), ("lstur", ("model.user.lstur_mode=con",)), ("bst", ()),
-            ("din", ()), ("dcn", ()), ("pnn", ())]
-
-
-def make_planted(root: Path) -> Path:
-    """A tiny catalog with more impressions and a clear interest signal: what a model must learn within minutes
-    (also used by benchmarks/train_learnability.py)."""
-    generate(SynthConfig(scale="tiny", n_impressions=5000, affinity_weight=10.0), root / "raw", show_progress=False)
-    prepare(root / "raw", root / "prepared", ["train", "dev"], show_progress=False)
-    return root / "prepared"
-
-
-@pytest.fixture(scope="session")
-def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_planted(tmp_path_factory.mktemp("planted"))
-
-
-def overrides(prepared: Path, out: Path, *extra: str) -> list[str]:
-    return [f"data.prepared_dir={prepared}", f"train.output_dir={out}", f"paths.work_dir={out.parent}", *FAST, *extra]
-
-
-def train(prepared: Path, out: Path, *extra: str) -> dict:
-    return train_model(load_config(overrides(prepared, out, *extra)))
+from newsrec_dist.config import SparkConfig, as_object, load_config
+from newsrec_dist.generate.stage import run_generation
+from newsrec_dist.graphs.artifact import node_keys
 
 
 @pytest.mark.slow
@@ -60,26 +27,10 @@ def test_model_learns_planted_interests(model: str, extra: tuple[str, ...], plan
     print(f"{model}: dev AUC {auc:.4f} per epoch {[round(e['val_auc'], 4) for e in summary['epochs']]}")
     assert auc >= MIN_AUC
     assert summary["metrics"]["warm"]["auc"] > summary["metrics"]["new"]["auc"] - 0.1
-    run = tmp_path / "train" / model
+    run_dir = tmp_path / "train" / model
     assert {"model.safetensors", "metrics.json", "prediction.txt", "summary.json", "manifest.json"} <= \
-        {path.name for path in run.iterdir()}
-    assert len((run / "prediction.txt").read_text().splitlines()) == summary["eval_rows"]
-
-
-def lecop_overrides(prepared: Path, workdir: Path) -> list[str]:
-    """LECOP on GloVe news vectors + the planted subcategory one-hot standing in for a co-click community
-    embedding (the real LLM and Node2Vec vectors run in the demo; their stages have their own tests)."""
-    from newsrec_dist.embed.vectors import write_vectors
-    from newsrec_dist.encoder.glove import glove_embeddings
-
-    glove = glove_embeddings(prepared, workdir / "embeddings")
-    news = pq.read_table(prepared / "news.parquet", columns=["news_id", "subcategory"])
-    codes = news["subcategory"].combine_chunks().dictionary_encode().indices.to_numpy()
-    graph = workdir / "graph"
-    graph.mkdir(parents=True, exist_ok=True)
-    write_vectors(graph, news["news_id"].to_pylist(), np.eye(codes.max() + 1, dtype=np.float32)[codes] + 0.1)
-    Manifest(stage="node2vec", inputs={}, config={}).write(graph)
-    return ["model=lecop", f"model.news.views.0.sources=[{workdir / 'embeddings' / glove['name']},{graph}]"]
+        {path.name for path in run_dir.iterdir()}
+    assert len((run_dir / "prediction.txt").read_text().splitlines()) == summary["eval_rows"]
 
 
 @pytest.mark.slow
@@ -89,32 +40,38 @@ def test_plm_nr_learns(planted: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_lecop_learns_from_fused_vectors(planted: Path, tmp_path: Path) -> None:
-    summary = train(planted, tmp_path / "train", *lecop_overrides(planted, tmp_path))
-    news = pq.read_metadata(planted / "news.parquet").num_rows
-    assert summary["coverage"][str(tmp_path / "graph")] == {"keyed_by": "news", "found": news, "missing": 0}
+def test_lecop_learns_from_fused_vectors(planted: Path, tmp_path: Path, local_spark: SparkConfig) -> None:
+    summary = train(planted, tmp_path / "train", *lecop_overrides(planted, tmp_path, local_spark))
+    news = set(pq.read_table(planted / "news.parquet", columns=["news_id"])["news_id"].to_pylist())
+    in_graph = len(news & set(node_keys(tmp_path / "graphs", "news/w=2")))
+    assert 0 < in_graph <= len(news)  # news nobody clicked in train are not graph nodes: counted as missing
+    assert summary["coverage"][str(tmp_path / "node2vec" / "news" / "w=2")] == \
+        {"keyed_by": "news", "found": in_graph, "missing": len(news) - in_graph}
     assert summary["metrics"]["all"]["auc"] >= MIN_AUC, summary["epochs"]
 
 
 @pytest.mark.slow
-def test_genre_titles_and_profiles_feed_the_model(planted: Path, tmp_path: Path) -> None:
-    news = pq.read_table(planted / "news.parquet")
-    enhanced = news.append_column("title_enhanced", pa.compute.binary_join_element_wise(
-        news["subcategory"], news["title"], " "))
-    news_path = tmp_path / "news.parquet"
-    pq.write_table(enhanced, news_path)
+def test_genre_titles_and_profiles_feed_the_model(planted: Path, tmp_path: Path, ray_dir: str) -> None:
+    """GENRE's inputs from the real LLM tasks (SmolLM2 through llama.cpp) on a few rows: the summarizer's titles
+    (the other news keep their own) and the profiler's interests of a few users."""
+    generation = load_config([f"paths.work_dir={tmp_path}", "generate.tasks=[summarize,profile]",
+                              "generate.task.max_news=6", "generate.task.max_users=4", "generate.backend.threads=2",
+                              f"generate.ray.temp_dir={ray_dir}", f"generate.cache_dir={tmp_path / 'llm-cache'}"])
+    costs = run_generation(as_object(generation.generate), planted, ["train", "dev"])
+    news_path, profiles_path = tmp_path / "generate" / "summarize" / "news.parquet", \
+        tmp_path / "generate" / "profile" / "profiles.parquet"
+    assert pq.read_table(news_path)["title_source"].to_pylist().count("llm") == costs["summarize"]["ok"] > 0
+    profiled = pq.read_metadata(profiles_path).num_rows
+    assert profiled == costs["profile"]["ok"] > 0
     users = pq.read_table(planted / "behaviors").column("user_id").unique().to_pylist()
-    profiles = pa.table({"user_id": users[::2], "topics": [["sports", "tennis"]] * len(users[::2]),
-                         "regions": [["europe"]] * len(users[::2])})
-    pq.write_table(profiles, tmp_path / "profiles.parquet")
     summary = train(planted, tmp_path / "train", "model=nrms_genre", f"model.news.table={news_path}",
-                    f"model.interest.profiles_path={tmp_path / 'profiles.parquet'}")
+                    f"model.interest.profiles_path={profiles_path}")
     coverage = summary["coverage"]["profiles"]
-    assert coverage["found"] == len(users[::2]) and coverage["found"] + coverage["missing"] == len(users)
+    assert coverage["found"] == profiled and coverage["found"] + coverage["missing"] == len(users)
     assert summary["metrics"]["all"]["auc"] >= MIN_AUC
     with pytest.raises(ValueError, match="title_enhanced"):
         train(planted, tmp_path / "other", "model=nrms_genre", f"model.news.table={planted / 'news.parquet'}",
-              f"model.interest.profiles_path={tmp_path / 'profiles.parquet'}")
+              f"model.interest.profiles_path={profiles_path}")
 
 
 @pytest.mark.slow
@@ -137,20 +94,19 @@ def _cli(prepared: Path, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_resume_after_kill_equals_uninterrupted_run(planted: Path, tmp_path: Path) -> None:
-    extra = ("model=lstur", "train.epochs=2", "train.checkpoint_every_n_steps=7")
+def test_resume_after_kill_equals_uninterrupted_run(planted: Path, lstur_straight: Path, tmp_path: Path) -> None:
     env = dict(os.environ)
     checkpoints = tmp_path / "killed" / ".partial-lstur" / "checkpoints"
-    kill_when(_cli(planted, tmp_path / "killed", *extra),
+    kill_when(_cli(planted, tmp_path / "killed", *LSTUR_RESUME),
               lambda: any("step=14" in p.name or "step=21" in p.name for p in checkpoints.glob("*.ckpt")), env=env)
     assert not (tmp_path / "killed" / "lstur").exists()
-    run(_cli(planted, tmp_path / "killed", *extra), check=True, env=env)
-    train(planted, tmp_path / "straight", *extra)
+    run(_cli(planted, tmp_path / "killed", *LSTUR_RESUME), check=True, env=env)
     resumed = load_file(tmp_path / "killed" / "lstur" / "model.safetensors")
-    straight = load_file(tmp_path / "straight" / "lstur" / "model.safetensors")
+    straight = load_file(lstur_straight / "model.safetensors")
     assert resumed.keys() == straight.keys()
     assert all((resumed[key] == straight[key]).all() for key in resumed)
-    first, second = (json.loads((tmp_path / run / "lstur" / "summary.json").read_text()) for run in ("killed", "straight"))
+    first, second = (json.loads((run_dir / "summary.json").read_text())
+                     for run_dir in (tmp_path / "killed" / "lstur", lstur_straight))
     assert first["steps"] == second["steps"] and first["metrics"] == second["metrics"]
     assert len(first["resumed_from"]) == 1 and second["resumed_from"] == []
     assert int(first["resumed_from"][0].split("step=")[1].removesuffix(".ckpt")) >= 14  # not from scratch

@@ -1,0 +1,58 @@
+"""Planted-interest data and the small training settings that tests and benchmarks/train_learnability.py share
+(imported as `planted`: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from newsrec_dist.config import GraphsConfig, Node2VecConfig, SparkConfig, SynthConfig, load_config
+from newsrec_dist.data.prepare import prepare
+from newsrec_dist.data.synth import generate
+from newsrec_dist.embed.node2vec import train_graph
+from newsrec_dist.encoder.glove import glove_embeddings
+from newsrec_dist.graphs.build import build_graphs, build_keywords
+from newsrec_dist.train.stage import train_model
+
+# Small and quick, the same code as the defaults: CPU, one process, a few epochs.
+FAST = ["model.news.dim=64", "model.news.heads=4", "model.user.heads=4", "model.news.attention_dim=32",
+        "train.max_history=20", "train.batch_size=32", "train.epochs=3", "train.max_steps=-1", "train.progress=false",
+        "train.threads=2"]
+MIN_AUC = 0.65
+
+LEARNERS = [("nrms", ()), ("naml", ()), ("lstur", ()), ("lstur", ("model.user.lstur_mode=con",)), ("bst", ()),
+            ("din", ()), ("dcn", ()), ("pnn", ())]
+
+# The resume tests' run (kill -9 in tests/test_train.py, a Slurm requeue in tests/test_submit.py): both compare
+# with one uninterrupted run of these settings (the `lstur_straight` fixture).
+LSTUR_RESUME = ("model=lstur", "train.epochs=2", "train.checkpoint_every_n_steps=7")
+
+
+def make_planted(root: Path) -> Path:
+    """A tiny catalog with more impressions and a clear interest signal: what a model must learn within minutes."""
+    generate(SynthConfig(scale="tiny", n_impressions=5000, affinity_weight=10.0), root / "raw", show_progress=False)
+    prepare(root / "raw", root / "prepared", ["train", "dev"], show_progress=False)
+    return root / "prepared"
+
+
+def overrides(prepared: Path, out: Path, *extra: str) -> list[str]:
+    return [f"data.prepared_dir={prepared}", f"train.output_dir={out}", f"paths.work_dir={out.parent}", *FAST, *extra]
+
+
+def train(prepared: Path, out: Path, *extra: str) -> dict:
+    return train_model(load_config(overrides(prepared, out, *extra)))
+
+
+# Node2Vec on the planted news co-click graph: seconds on 2 cores, link structure enough for LECOP's graph view.
+LECOP_NODE2VEC = Node2VecConfig(embedding_dim=32, walk_length=10, context_size=5, walks_per_node=4, epochs=3,
+                                batch_size=128, lr=0.02)
+
+
+def lecop_overrides(prepared: Path, workdir: Path, spark: SparkConfig | None = None) -> list[str]:
+    """LECOP on GloVe news vectors + real Node2Vec vectors of the data's news co-click graph (w=2), both made by
+    their stages' code (the LLM encoder's vectors run in the demo and in tests/test_encoder.py)."""
+    glove = glove_embeddings(prepared, workdir / "embeddings")
+    keywords = build_keywords(prepared, workdir / "keywords", top_k=4)
+    build_graphs(GraphsConfig(windows=[2], spark=spark or SparkConfig()), prepared, keywords, workdir / "graphs")
+    train_graph(workdir / "graphs", "news/w=2", workdir / "node2vec", LECOP_NODE2VEC)
+    graph = workdir / "node2vec" / "news" / "w=2"
+    return ["model=lecop", f"model.news.views.0.sources=[{workdir / 'embeddings' / glove['name']},{graph}]"]
