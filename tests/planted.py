@@ -55,4 +55,5 @@ def lecop_overrides(prepared: Path, workdir: Path, spark: SparkConfig | None = N
     build_graphs(GraphsConfig(windows=[2], spark=spark or SparkConfig()), prepared, keywords, workdir / "graphs")
     train_graph(workdir / "graphs", "news/w=2", workdir / "node2vec", LECOP_NODE2VEC)
     graph = workdir / "node2vec" / "news" / "w=2"
-    return ["model=lecop", f"model.news.views.0.sources=[{workdir / 'embeddings' / glove['name']},{graph}]"]
+    # quoted: the graph's directory name holds '='
+    return ["model=lecop", f"model.news.views.0.sources=['{workdir / 'embeddings' / glove['name']}','{graph}']"]

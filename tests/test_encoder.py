@@ -29,6 +29,7 @@ def encoder_cfg(tmp_path: Path, prepared: Path, *overrides: str):  # noqa: ANN20
     return as_object(cfg.encoder)
 
 
+@pytest.mark.slow
 def test_finetune_improves_heldout_title_to_abstract_retrieval(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     prepared, _ = tiny
     # Measured on this data: recall@1 0.20 → 0.32, recall@10 0.74 → 0.84 (about 450 held-out news).

@@ -186,7 +186,7 @@ def _cli(work: Path, prepared: Path, cache: Path, ray_dir: str, *settings: str) 
 
 def test_kill_and_resume_loses_and_duplicates_no_row(tiny: tuple[Path, Path], tmp_path: Path, ray_dir: str) -> None:
     prepared, _ = tiny
-    settings = ("generate.task.max_news=16",)
+    settings = ("generate.task.max_news=8",)
     parts = tmp_path / "killed" / "generate" / ".partial-summarize" / PARTS_DIR
     kill_when(_cli(tmp_path / "killed", prepared, tmp_path / "cache", ray_dir, *settings),
               lambda: any(parts.glob("part-*.parquet")))
@@ -197,10 +197,10 @@ def test_kill_and_resume_loses_and_duplicates_no_row(tiny: tuple[Path, Path], tm
     assert straight.returncode == 0, straight.stderr[-3000:]
     a = pq.read_table(tmp_path / "killed" / "generate" / "summarize" / "results.parquet")
     b = pq.read_table(tmp_path / "straight" / "generate" / "summarize" / "results.parquet")
-    assert 1 <= kept < 16 and a["row_id"].to_pylist() == b["row_id"].to_pylist()
+    assert 1 <= kept < 8 and a["row_id"].to_pylist() == b["row_id"].to_pylist()
     assert len(set(a["row_id"].to_pylist())) == a.num_rows and a["answer"].to_pylist() == b["answer"].to_pylist()
     cost = json.loads((tmp_path / "killed" / "generate" / "summarize" / "cost.json").read_text())
-    assert cost["ok"] + cost["failed"] == 16
+    assert cost["ok"] + cost["failed"] == 8
 
 
 def test_budget_stops_cleanly_and_a_larger_budget_continues(tiny: tuple[Path, Path], tmp_path: Path,

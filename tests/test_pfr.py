@@ -85,6 +85,7 @@ def newsrec(*args: str, cwd: Path) -> dict:
     return result
 
 
+@pytest.mark.slow
 def test_pfr_helps_cold_news_over_plain_lightgcn_from_the_cli(tiny: tuple[Path, Path], tmp_path: Path, ray_dir: str) -> None:
     """Planted topics live in the news text, so profile vectors can place news nobody clicked yet."""
     prepared, _ = tiny

@@ -152,6 +152,7 @@ def test_local_backend_status_logs_and_cancel_from_the_cli(tmp_path: Path) -> No
     assert missing.returncode == 2 and "no job 'synth-19990101-000000-beef'" in missing.stdout
 
 
+@pytest.mark.slow
 def test_bench_train_one_vs_two_ray_workers_writes_csv_png_markdown(planted: Path, tmp_path: Path) -> None:
     prepared = planted
     out = tmp_path / "report" / "scaling_train"
