@@ -179,7 +179,6 @@ def test_bench_train_one_vs_two_ray_workers_writes_csv_png_markdown(planted: Pat
     assert unknown.returncode == 2 and "no benchmark for stage 'prepare'" in unknown.stdout
 
 
-@pytest.mark.parametrize("stage", ["node2vec", "generate"])
 def own_throughput(stage: str, work: Path, wall_s: float) -> float:
     """What each stage wrote: Node2Vec walks done over the wall time, generation's completion tokens per second."""
     if stage == "node2vec":
@@ -195,6 +194,7 @@ def test_scaling_is_throughput_over_linear_from_the_smallest_scale() -> None:
     assert [(row["speedup"], row["efficiency"]) for row in rows] == [(1.0, 1.0), (1.5, 0.75), (4.0, 1.0)]
 
 
+@pytest.mark.parametrize("stage", ["node2vec", "generate"])
 def test_bench_reads_each_stages_own_throughput(stage: str, tiny: tuple[Path, Path], tiny_graphs: Path,
                                                 tmp_path: Path) -> None:
     from newsrec_dist.cluster.bench import bench
