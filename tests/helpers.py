@@ -19,14 +19,13 @@ import psutil
 COMMAND_TIMEOUT_S = 300
 
 
-def run(command: Sequence[str], *, timeout: float = COMMAND_TIMEOUT_S, check: bool = False, capture: bool = True,
+def run(command: Sequence[str], *, timeout: float = COMMAND_TIMEOUT_S, check: bool = False,
         **options) -> subprocess.CompletedProcess[str]:
     """``subprocess.run`` in its own process group, text output captured: on a timeout or an error in the test the
     whole group is killed (Ray's and Spark's children included), not only the direct child. After a normal exit
     nothing is killed: a detached job the command started is the command's to manage."""
-    child = subprocess.Popen(list(command), stdout=subprocess.PIPE if capture else None,
-                             stderr=subprocess.PIPE if capture else None, text=True, start_new_session=True,
-                             **options)
+    child = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True, **options)
     try:
         stdout, stderr = child.communicate(timeout=timeout)
     except BaseException:

@@ -42,8 +42,8 @@ def train(prepared: Path, out: Path, *extra: str) -> dict:
     return train_model(load_config(overrides(prepared, out, *extra)))
 
 
-# Node2Vec on the planted news co-click graph: seconds on 2 cores, link structure enough for LECOP's graph view.
-LECOP_NODE2VEC = Node2VecConfig(embedding_dim=32, walk_length=10, context_size=5, walks_per_node=4, epochs=3,
+# Node2Vec sized for tests (seconds on 2 cores on the tiny graphs): tests/test_node2vec.py and LECOP's graph view.
+SMALL_NODE2VEC = Node2VecConfig(embedding_dim=32, walk_length=10, context_size=5, walks_per_node=4, epochs=3,
                                 batch_size=128, lr=0.02)
 
 
@@ -53,7 +53,7 @@ def lecop_overrides(prepared: Path, workdir: Path, spark: SparkConfig | None = N
     glove = glove_embeddings(prepared, workdir / "embeddings")
     keywords = build_keywords(prepared, workdir / "keywords", top_k=4)
     build_graphs(GraphsConfig(windows=[2], spark=spark or SparkConfig()), prepared, keywords, workdir / "graphs")
-    train_graph(workdir / "graphs", "news/w=2", workdir / "node2vec", LECOP_NODE2VEC)
+    train_graph(workdir / "graphs", "news/w=2", workdir / "node2vec", SMALL_NODE2VEC)
     graph = workdir / "node2vec" / "news" / "w=2"
     # quoted: the graph's directory name holds '='
     return ["model=lecop", f"model.news.views.0.sources=['{workdir / 'embeddings' / glove['name']}','{graph}']"]

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from planted import SMALL_NODE2VEC
 from safetensors.torch import load_file
 
 from newsrec_dist.config import Node2VecConfig, RayConfig
@@ -27,8 +28,7 @@ from newsrec_dist.embed.node2vec_stage import embed_graphs
 from newsrec_dist.embed.vectors import EMBEDDINGS_SAFETENSORS, read_vectors
 from newsrec_dist.graphs.artifact import edge_table, node_keys
 
-SMALL = Node2VecConfig(embedding_dim=32, walk_length=10, context_size=5, walks_per_node=4, epochs=3, batch_size=128,
-                       lr=0.02)
+SMALL = SMALL_NODE2VEC
 
 
 def test_edge_copies_and_walk_edge_index() -> None:
