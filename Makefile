@@ -34,8 +34,10 @@ slurm:
 demo: $(STAMP)
 	$(BIN)/newsrec run experiment=quickstart
 
-# Two tiers: the fast one first and fail-fast, then the slow one (end to end, learnability). pytest exits 5 when
+# Two tiers: the fast one first and fail-fast, then the slow one (end to end, learnability), each two tests at a
+# time (pytest-xdist; modules with their own services stay on one worker, tests/conftest.py). pytest exits 5 when
 # a tier collects no tests, so an empty run fails loudly. --durations feeds docs/testing.md's table.
+PYTEST := $(BIN)/python -m pytest tests -n 2 --dist loadgroup --durations=30
 test: $(STAMP) slurm
-	$(BIN)/python -m pytest tests -m "not slow" -x --durations=30
-	$(BIN)/python -m pytest tests -m slow --durations=30
+	$(PYTEST) -m "not slow" -x
+	$(PYTEST) -m slow

@@ -6,6 +6,7 @@ CLI verb, job script and test sees the same composed, type-checked configuration
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -697,8 +698,7 @@ def with_model(cfg: DictConfig, name: str) -> DictConfig:
 
 def with_variant(cfg: DictConfig, model: str, settings: dict[str, Any]) -> DictConfig:
     """``cfg`` with ``conf/model/<model>.yaml`` and a variant's dotted ``settings`` (typos fail on the schema)."""
-    composed = load_config([f"model={model}"], resolve=False)
-    merged = OmegaConf.merge(cfg, {"model": OmegaConf.to_container(composed.model, resolve=False)})
+    merged = OmegaConf.merge(cfg, {"model": _model_preset(str(conf_dir()), model)})
     for key, value in settings.items():
         try:
             OmegaConf.update(merged, key, value, merge=False)
@@ -706,6 +706,13 @@ def with_variant(cfg: DictConfig, model: str, settings: dict[str, Any]) -> DictC
             raise ConfigError(f"variant setting {key}={value!r}: {error}") from error
     OmegaConf.resolve(merged)
     return merged
+
+
+@functools.lru_cache(maxsize=64)
+def _model_preset(tree: str, model: str) -> dict[str, Any]:
+    """``conf/model/<model>.yaml`` as composed, unresolved: composed once per process and config tree (an
+    experiment's arms name a few presets many times; OmegaConf.merge copies it, so the cached dict stays as is)."""
+    return OmegaConf.to_container(load_config([f"model={model}"], resolve=False).model, resolve=False)
 
 
 def as_object(node: DictConfig) -> Any:

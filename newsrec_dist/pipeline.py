@@ -240,12 +240,19 @@ def run_pipeline(cfg: DictConfig, from_stage: str | None = None) -> RunState:
         force_rerun(cfg, stages[stages.index(from_stage):])
     state = RunState(cfg=cfg)
     state.outputs["config"] = to_container(cfg)
-    for name in stages:
-        console.rule(f"[bold]stage {name}")
-        started_wall, started = time.time(), time.perf_counter()
-        STAGES[name](state)
-        state.timings[name] = time.perf_counter() - started
-        state.ran[name] = name == "report" or _wrote_artifact(cfg, name, started_wall - 1)
-        verdict = "done" if state.ran[name] else "up to date, skipped"
-        console.print(f"stage {name} {verdict} in {state.timings[name]:.1f} s")
+    from newsrec_dist.cluster.ray_session import one_ray_per_run  # here: importing the pipeline stays light
+
+    with one_ray_per_run():
+        for name in stages:
+            _run_stage(state, name)
     return state
+
+
+def _run_stage(state: RunState, name: str) -> None:
+    console.rule(f"[bold]stage {name}")
+    started_wall, started = time.time(), time.perf_counter()
+    STAGES[name](state)
+    state.timings[name] = time.perf_counter() - started
+    state.ran[name] = name == "report" or _wrote_artifact(state.cfg, name, started_wall - 1)
+    verdict = "done" if state.ran[name] else "up to date, skipped"
+    console.print(f"stage {name} {verdict} in {state.timings[name]:.1f} s")

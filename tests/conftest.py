@@ -2,26 +2,56 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import private_ray_dir
-from planted import LSTUR_RESUME, make_planted, train
+from helpers import THREADS, private_ray_dir
 
-from newsrec_dist.config import GraphsConfig, SparkConfig, SynthConfig
-from newsrec_dist.data.prepare import prepare
-from newsrec_dist.data.synth import generate
-from newsrec_dist.graphs.build import build_graphs, build_keywords
+# Before torch loads, here and in every command a test starts (they inherit the environment).
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+from planted import LSTUR_RESUME, make_planted, train  # noqa: E402
+
+from newsrec_dist.config import GraphsConfig, SparkConfig, SynthConfig  # noqa: E402
+from newsrec_dist.data.prepare import prepare  # noqa: E402
+from newsrec_dist.data.synth import generate  # noqa: E402
+from newsrec_dist.graphs.build import build_graphs, build_keywords  # noqa: E402
 
 SLOW_TIMEOUT_S = 900
 
 
+# Modules whose module-scoped services (a Slurm, a two-node Ray, a llama.cpp server, a Spark session) must start
+# once: under pytest-xdist (`--dist loadgroup`) each of them runs all its tests on one worker.
+ONE_WORKER_MODULES = ("test_submit", "test_generate", "test_graphs")
+# The longest tests (docs/testing.md's table) start first, so that two workers end together instead of one
+# finishing a 5-10 minute test alone at the end.
+LONGEST = ("test_plm_nr_learns", "test_quickstart_pipeline_end_to_end_and_rerun_skips",
+           "test_finetune_improves_heldout_title_to_abstract_retrieval",
+           "test_killed_pipeline_resumes_and_from_reruns_the_later_stages")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tier's per-test limit (pyproject's ``timeout`` is every other test's)."""
+    """The slow tier's per-test limit (pyproject's ``timeout`` is every other test's); one worker per module that
+    starts its own services; the longest tests and the one-worker modules first."""
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+        if _module(item) in ONE_WORKER_MODULES:
+            item.add_marker(pytest.mark.xdist_group(_module(item)))
+    items.sort(key=_start_order)
+
+
+def _module(item: pytest.Item) -> str:
+    return item.module.__name__ if item.module is not None else ""
+
+
+def _start_order(item: pytest.Item) -> int:
+    name = item.originalname if isinstance(item, pytest.Function) else item.name
+    if name in LONGEST:
+        return LONGEST.index(name)
+    return len(LONGEST) + (0 if _module(item) in ONE_WORKER_MODULES else 1)
 
 
 @pytest.fixture

@@ -14,6 +14,11 @@ from contextlib import contextmanager
 
 import psutil
 
+# make test runs two tests at once (pytest-xdist, `-n 2`): each may use one core's worth of threads, so torch and
+# llama.cpp do not oversubscribe the 2-core machine (two 2-thread torch runs side by side ran 5-10x slower here).
+# Run alone (plain pytest, benchmarks/), a test may use both.
+THREADS = 1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 2
+
 # A command a test starts gets this long unless it names its own limit: far above any run's time here, far below
 # the suite's pytest-timeout, so a hung child fails its test with its output instead of stalling CI.
 COMMAND_TIMEOUT_S = 300
@@ -84,10 +89,14 @@ def private_ray_dir(prefix: str = "ray-") -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def processes_mentioning(text: str) -> list[psutil.Process]:
+    return [process for process in psutil.process_iter(["cmdline"])
+            if any(text in part for part in process.info["cmdline"] or [])]
+
+
 def kill_processes_mentioning(text: str) -> None:
-    for process in psutil.process_iter(["cmdline"]):
-        if any(text in part for part in process.info["cmdline"] or []):
-            try:
-                process.kill()
-            except psutil.Error:
-                pass
+    for process in processes_mentioning(text):
+        try:
+            process.kill()
+        except psutil.Error:
+            pass

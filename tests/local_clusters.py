@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import free_port
+from helpers import free_port, kill_processes_mentioning
 
 SLURM_DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch")
 
@@ -133,5 +133,8 @@ def local_ray_cluster(worker_cpus: int = 1) -> Iterator[LocalRay]:
                        env=env, check=True, capture_output=True)
         yield LocalRay(address=f"http://127.0.0.1:{dashboard}", gcs=f"127.0.0.1:{port}")
     finally:
-        subprocess.run(_ray("stop", "--force"), env=env, capture_output=True)
+        # not `ray stop`: it stops every Ray on the machine, other tests' too; this cluster's processes name its
+        # temp dir (head) or its GCS address (the worker node and every worker process)
+        for mark in (temp_dir, f"127.0.0.1:{port}"):
+            kill_processes_mentioning(mark)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers import THREADS
+
 from newsrec_dist.config import GraphsConfig, Node2VecConfig, SparkConfig, SynthConfig, load_config
 from newsrec_dist.data.prepare import prepare
 from newsrec_dist.data.synth import generate
@@ -15,8 +17,8 @@ from newsrec_dist.train.stage import train_model
 
 # Small and quick, the same code as the defaults: CPU, one process, a few epochs.
 FAST = ["model.news.dim=64", "model.news.heads=4", "model.user.heads=4", "model.news.attention_dim=32",
-        "train.max_history=20", "train.batch_size=32", "train.epochs=3", "train.max_steps=-1", "train.progress=false",
-        "train.threads=2"]
+        "train.max_history=20", "train.batch_size=32", "train.epochs=2", "train.max_steps=-1", "train.progress=false",
+        f"train.threads={THREADS}"]
 MIN_AUC = 0.65
 
 LEARNERS = [("nrms", ()), ("naml", ()), ("lstur", ()), ("lstur", ("model.user.lstur_mode=con",)), ("bst", ()),

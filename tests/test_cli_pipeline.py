@@ -18,7 +18,9 @@ import pytest
 import torch
 from helpers import run
 from safetensors.torch import load_file
+from typer.testing import CliRunner, Result
 
+from newsrec_dist.cli import app
 from newsrec_dist.config import ConfigError, load_config, with_variant
 from newsrec_dist.embed.vectors import read_vectors
 from newsrec_dist.graphs.artifact import node_keys
@@ -26,7 +28,13 @@ from newsrec_dist.pipeline import train_jobs
 
 
 def newsrec(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The command as a user runs it: a process of its own (the end-to-end runs, kill -9)."""
     return run([sys.executable, "-m", "newsrec_dist.cli", *args], cwd=cwd, timeout=900)
+
+
+def newsrec_here(*args: str) -> Result:
+    """The same command in this process (typer's runner): error paths and short runs without a start-up each."""
+    return CliRunner().invoke(app, list(args))
 
 
 def test_config_composes_quickstart_with_typed_overrides() -> None:
@@ -157,7 +165,7 @@ def assert_html_report(work: Path, figures: list[str]) -> None:
 def test_killed_pipeline_resumes_and_from_reruns_the_later_stages(tmp_path: Path) -> None:
     work = tmp_path / "run"
     # POPK's ablation with arm k1 made equal to k0 (uniform negatives): it must be trained once, not twice
-    settings = ["experiment=popk", "data.synth.scale=tiny", f"paths.work_dir={work}", "train.max_steps=60",
+    settings = ["experiment=popk", "data.synth.scale=tiny", f"paths.work_dir={work}", "train.max_steps=30",
                 "train.checkpoint_every_n_steps=5", "train.progress=false",
                 "ablations.0.variants.1.set={train.sampler.kind:uniform,train.sampler.popk_count:2}"]
     command = [sys.executable, "-m", "newsrec_dist.cli", "run", *settings]
@@ -194,43 +202,42 @@ def test_killed_pipeline_resumes_and_from_reruns_the_later_stages(tmp_path: Path
 
 
 def test_bad_options_fail_with_a_clear_message(tmp_path: Path) -> None:
-    result = newsrec("data", "synth", "--scale", "huge", "--out", str(tmp_path / "x"), cwd=tmp_path)
-    assert result.returncode == 2
+    result = newsrec_here("data", "synth", "--scale", "huge", "--out", str(tmp_path / "x"))
+    assert result.exit_code == 2
     assert "unknown synth scale 'huge'" in result.stdout
-    result = newsrec("run", "stages=[synth,teleport]", f"paths.work_dir={tmp_path}", cwd=tmp_path)
-    assert result.returncode == 2 and "unknown stage(s) ['teleport']" in result.stdout
-    result = newsrec("run", "--from", "embed", "stages=[synth]", f"paths.work_dir={tmp_path}", cwd=tmp_path)
-    assert result.returncode == 2 and "--from embed: not a stage of this run" in result.stdout
-    result = newsrec("data", "synth", "data.synth.seed=many", cwd=tmp_path)
-    assert result.returncode == 2 and "data.synth.seed=many" in result.stdout
+    result = newsrec_here("run", "stages=[synth,teleport]", f"paths.work_dir={tmp_path}")
+    assert result.exit_code == 2 and "unknown stage(s) ['teleport']" in result.stdout
+    result = newsrec_here("run", "--from", "embed", "stages=[synth]", f"paths.work_dir={tmp_path}")
+    assert result.exit_code == 2 and "--from embed: not a stage of this run" in result.stdout
+    result = newsrec_here("data", "synth", "data.synth.seed=many")
+    assert result.exit_code == 2 and "data.synth.seed=many" in result.stdout
 
 
 def test_prepare_strict_names_file_and_line(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
-    assert newsrec("data", "synth", "--quiet", "--scale", "tiny", "--out", str(raw), cwd=tmp_path).returncode == 0
+    assert newsrec_here("data", "synth", "--quiet", "--scale", "tiny", "--out", str(raw)).exit_code == 0
     behaviors = raw / "dev" / "behaviors.tsv"
     lines = behaviors.read_text().splitlines()
     lines[4] = lines[4].replace("\t", " ", 1)
     behaviors.write_text("\n".join(lines) + "\n")
-    strict = newsrec("data", "prepare", "--quiet", "--strict", "--raw", str(raw), "--out", str(tmp_path / "p"),
-                     cwd=tmp_path)
-    assert strict.returncode == 2
+    strict = newsrec_here("data", "prepare", "--quiet", "--strict", "--raw", str(raw), "--out", str(tmp_path / "p"))
+    assert strict.exit_code == 2
     assert f"{behaviors}:5: expected 5 tab-separated columns, found 4" in strict.stdout.replace("\n", "")
-    lenient = newsrec("data", "prepare", "--quiet", "--raw", str(raw), "--out", str(tmp_path / "p"), cwd=tmp_path)
-    assert lenient.returncode == 0, lenient.stdout
-    assert f"read {len(lines)} = kept {len(lines) - 1} + rejected 1" in lenient.stdout
+    lenient = newsrec_here("data", "prepare", "--quiet", "--raw", str(raw), "--out", str(tmp_path / "p"))
+    assert lenient.exit_code == 0, lenient.output
+    assert f"read {len(lines)} = kept {len(lines) - 1} + rejected 1" in lenient.output
     reject = json.loads((tmp_path / "p" / "rejects.jsonl").read_text().splitlines()[0])
     assert (reject["file"], reject["line"]) == (str(behaviors), 5)
 
 
 def test_eval_command_prints_table_and_rejects_unknown_baseline(tmp_path: Path) -> None:
     work = f"paths.work_dir={tmp_path / 'run'}"
-    assert newsrec("run", "data.synth.scale=tiny", "stages=[synth,prepare]", work, cwd=tmp_path).returncode == 0
-    result = newsrec("eval", "--baseline", "popularity", "data.synth.scale=tiny", work, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert newsrec_here("run", "data.synth.scale=tiny", "stages=[synth,prepare]", work).exit_code == 0
+    result = newsrec_here("eval", "--baseline", "popularity", "data.synth.scale=tiny", work)
+    assert result.exit_code == 0, result.output
     assert "| popularity | warm |" in result.stdout
-    bad = newsrec("eval", "--baseline", "oracle", "data.synth.scale=tiny", work, cwd=tmp_path)
-    assert bad.returncode == 2 and "unknown baseline(s) ['oracle']" in bad.stdout
+    bad = newsrec_here("eval", "--baseline", "oracle", "data.synth.scale=tiny", work)
+    assert bad.exit_code == 2 and "unknown baseline(s) ['oracle']" in bad.stdout
 
 
 def test_job_scripts_call_the_same_core(tmp_path: Path) -> None:

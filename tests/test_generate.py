@@ -19,7 +19,7 @@ import pytest
 import ray
 import yaml
 
-from helpers import free_port, kill_when, private_ray_dir, run
+from helpers import THREADS, free_port, kill_when, private_ray_dir, run
 from newsrec_dist.config import GenerateConfig, LLMBackendConfig, RayConfig, as_object, load_config
 from newsrec_dist.data.prepare import read_behaviors, read_news_table
 from newsrec_dist.generate.backends import Completion, OpenAIBackend, Request, TransformersBackend, smollm2_gguf
@@ -101,7 +101,7 @@ def local_ray() -> Iterator[None]:
 
 
 def generate_cfg(work: Path, cache: Path, *overrides: str) -> GenerateConfig:
-    cfg = load_config([f"paths.work_dir={work}", f"generate.cache_dir={cache}", "generate.backend.threads=2",
+    cfg = load_config([f"paths.work_dir={work}", f"generate.cache_dir={cache}", f"generate.backend.threads={THREADS}",
                        "generate.batch_size=2", "generate.rows_per_part=2", *overrides])
     return as_object(cfg.generate)
 
@@ -178,13 +178,14 @@ def test_malformed_answers_are_retried_then_recorded(tiny: tuple[Path, Path], tm
 
 def _cli(work: Path, prepared: Path, cache: Path, ray_dir: str, *settings: str) -> list[str]:
     options = [f"paths.work_dir={work}", f"data.prepared_dir={prepared}", f"generate.cache_dir={cache}",
-               "generate.backend.threads=2", "generate.batch_size=1", "generate.rows_per_part=1",
+               f"generate.backend.threads={THREADS}", "generate.batch_size=1", "generate.rows_per_part=1",
                f"generate.ray.temp_dir={ray_dir}", *settings]
     return [sys.executable, "-m", "newsrec_dist.cli", "generate", "summarize", "--quiet",
             *[part for option in options for part in ("-s", option)]]
 
 
-def test_kill_and_resume_loses_and_duplicates_no_row(tiny: tuple[Path, Path], tmp_path: Path, ray_dir: str) -> None:
+def test_kill_and_resume_loses_and_duplicates_no_row(tiny: tuple[Path, Path], tmp_path: Path, ray_dir: str,
+                                                     local_ray: None) -> None:
     prepared, _ = tiny
     settings = ("generate.task.max_news=8",)
     parts = tmp_path / "killed" / "generate" / ".partial-summarize" / PARTS_DIR
@@ -193,8 +194,10 @@ def test_kill_and_resume_loses_and_duplicates_no_row(tiny: tuple[Path, Path], tm
     kept = len(list(parts.glob("part-*.parquet")))
     resumed = run(_cli(tmp_path / "killed", prepared, tmp_path / "cache", ray_dir, *settings))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    straight = run(_cli(tmp_path / "straight", prepared, tmp_path / "cache2", ray_dir, *settings))
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    # the uninterrupted run to compare with: the same settings in this process (its own cache, so it asks anew)
+    run_generation(generate_cfg(tmp_path / "straight", tmp_path / "cache2", "generate.tasks=[summarize]",
+                                "generate.batch_size=1", "generate.rows_per_part=1", *settings),
+                   prepared, ["train", "dev"])
     a = pq.read_table(tmp_path / "killed" / "generate" / "summarize" / "results.parquet")
     b = pq.read_table(tmp_path / "straight" / "generate" / "summarize" / "results.parquet")
     assert 1 <= kept < 8 and a["row_id"].to_pylist() == b["row_id"].to_pylist()
@@ -224,7 +227,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with open(log, "wb") as sink:  # a file, not a pipe: the model loader's log would fill a pipe and block
         server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()),
                                    "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-                                   "--n_threads", "2", "--n_ctx", "2048", "--api_key", TEST_KEY],
+                                   "--n_threads", str(THREADS), "--n_ctx", "2048", "--api_key", TEST_KEY],
                                   stdout=sink, stderr=sink, start_new_session=True)
     deadline = time.monotonic() + 120
     while not _listening(port) and server.poll() is None and time.monotonic() < deadline:
@@ -305,7 +308,7 @@ def test_job_script_stops_at_the_budget_with_exit_code_3_then_continues(tiny: tu
     prepared, _ = tiny
     job = Path(__file__).resolve().parents[1] / "jobs" / "generate.py"
     settings = [f"paths.work_dir={tmp_path}", f"data.prepared_dir={prepared}", f"generate.cache_dir={tmp_path / 'cache'}",
-                "generate.task.max_news=2", "generate.batch_size=1", "generate.rows_per_part=1", "generate.backend.threads=2",
+                "generate.task.max_news=2", "generate.batch_size=1", "generate.rows_per_part=1", f"generate.backend.threads={THREADS}",
                 f"generate.ray.temp_dir={ray_dir}"]
     stopped = run([sys.executable, str(job), "keywords", *settings, "generate.budget.max_tokens=1"])
     assert stopped.returncode == 3, stopped.stdout + stopped.stderr

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import run
+from helpers import THREADS, run
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMRR, RetrievalNormalizedDCG, RetrievalRecall
 
@@ -92,7 +92,7 @@ def test_pfr_helps_cold_news_over_plain_lightgcn_from_the_cli(tiny: tuple[Path, 
     common = [f"paths.work_dir={tmp_path}", f"data.prepared_dir={prepared}"]
     # the real item_profile task (SmolLM2 through llama.cpp) on a few news; the others fall back to their text
     newsrec("generate", "item_profile", "--quiet", *[part for option in (
-        *common, "generate.task.max_news=8", "generate.backend.threads=2", f"generate.ray.temp_dir={ray_dir}",
+        *common, "generate.task.max_news=8", f"generate.backend.threads={THREADS}", f"generate.ray.temp_dir={ray_dir}",
         f"generate.cache_dir={tmp_path / 'llm-cache'}") for part in ("-s", option)], cwd=tmp_path)
     sources = pq.read_table(tmp_path / "generate" / "item_profile" / "profiles.parquet")["source"].to_pylist()
     assert 0 < sources.count("llm") <= 8 and len(sources) == read_news_table(prepared).num_rows
@@ -101,7 +101,7 @@ def test_pfr_helps_cold_news_over_plain_lightgcn_from_the_cli(tiny: tuple[Path, 
     metrics = {}
     for model in ("lightgcn", "pfr"):
         newsrec("train", f"model={model}", *common, "train.batch_size=512", "train.max_steps=60", "train.lr=5e-3",
-                "train.progress=false", "train.threads=2", cwd=tmp_path)
+                "train.progress=false", f"train.threads={THREADS}", cwd=tmp_path)
         metrics[model] = json.loads((tmp_path / "train" / model / "metrics.json").read_text())
     assert (tmp_path / "train" / "pfr" / "recommendations.parquet").is_file()
     cold = {model: values["cold_items"]["ndcg@20"] for model, values in metrics.items()}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
-from helpers import run
+from helpers import processes_mentioning, run
 from local_clusters import LocalRay, LocalSlurm, local_ray_cluster, local_slurm, wait_until
 from planted import LSTUR_RESUME
 from planted import overrides as train_overrides
@@ -41,6 +41,12 @@ def slurm(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: pytest.M
 def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
     with pytest.MonkeyPatch.context() as patch:
         yield patch
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[LocalRay]:
+    with local_ray_cluster() as cluster:
+        yield cluster
 
 
 def _submit(stage: str, tmp_path: Path, *arguments: str):  # noqa: ANN202 - a JobRecord
@@ -97,7 +103,7 @@ def test_slurm_job_requeued_mid_training_resumes_from_its_checkpoint(slurm: Loca
 
 
 def test_slurm_starts_spark_and_ray_inside_the_allocation(slurm: LocalSlurm, tiny: tuple[Path, Path],
-                                                          tmp_path: Path) -> None:
+                                                          ray_cluster: LocalRay, tmp_path: Path) -> None:
     prepared, _ = tiny
     work = tmp_path / "work"
     graphs = _submit("graphs", tmp_path, *SLURM_JOB, f"paths.work_dir={work}", f"data.prepared_dir={prepared}",
@@ -109,12 +115,9 @@ def test_slurm_starts_spark_and_ray_inside_the_allocation(slurm: LocalSlurm, tin
     assert wait_for(node2vec, timeout=600) == SUCCEEDED, job_logs(node2vec)[-4000:]
     assert "node2vec.ray.address=auto" in node2vec.command and "Ray runtime started" in job_logs(node2vec)
     assert (work / "node2vec" / "news" / "w=2").is_dir()
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[LocalRay]:
-    with local_ray_cluster() as cluster:
-        yield cluster
+    # the job stopped its own Ray, and only its own: another Ray on the node (`ray_cluster`) still runs
+    wait_until(lambda: not processes_mentioning(f"/tmp/ray-{node2vec.native_id}/"), 60, "the job's Ray stopped")
+    assert processes_mentioning(ray_cluster.gcs)
 
 
 def test_ray_jobs_run_a_stage_on_a_two_node_cluster_and_cancel(ray_cluster: LocalRay, tiny_graphs: Path,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import kill_when, run
+from helpers import THREADS, kill_when, run
 from safetensors.torch import load_file
 
 from planted import LEARNERS, LSTUR_RESUME, MIN_AUC, lecop_overrides, overrides, train
@@ -26,7 +26,12 @@ def test_model_learns_planted_interests(model: str, extra: tuple[str, ...], plan
     auc = summary["metrics"]["all"]["auc"]
     print(f"{model}: dev AUC {auc:.4f} per epoch {[round(e['val_auc'], 4) for e in summary['epochs']]}")
     assert auc >= MIN_AUC
-    assert summary["metrics"]["warm"]["auc"] > summary["metrics"]["new"]["auc"] - 0.1
+    # the planted interests are read from the history: warm users (more than 3 clicks) are ranked better than new
+    # users (3 or fewer), whose few clicks say little. Measured after 3 epochs: NRMS 0.710 vs 0.640, DIN 0.735 vs
+    # 0.604; LSTUR least (0.788 vs 0.766; 0.762 vs 0.744 after 2): its learned user vectors serve new users too.
+    warm, new = summary["metrics"]["warm"]["auc"], summary["metrics"]["new"]["auc"]
+    print(f"{model}: warm {warm:.4f} new {new:.4f}")
+    assert warm >= new + 0.01
     run_dir = tmp_path / "train" / model
     assert {"model.safetensors", "metrics.json", "prediction.txt", "summary.json", "manifest.json"} <= \
         {path.name for path in run_dir.iterdir()}
@@ -55,7 +60,7 @@ def test_genre_titles_and_profiles_feed_the_model(planted: Path, tmp_path: Path,
     """GENRE's inputs from the real LLM tasks (SmolLM2 through llama.cpp) on a few rows: the summarizer's titles
     (the other news keep their own) and the profiler's interests of a few users."""
     generation = load_config([f"paths.work_dir={tmp_path}", "generate.tasks=[summarize,profile]",
-                              "generate.task.max_news=6", "generate.task.max_users=4", "generate.backend.threads=2",
+                              "generate.task.max_news=6", "generate.task.max_users=4", f"generate.backend.threads={THREADS}",
                               f"generate.ray.temp_dir={ray_dir}", f"generate.cache_dir={tmp_path / 'llm-cache'}"])
     costs = run_generation(as_object(generation.generate), planted, ["train", "dev"])
     news_path, profiles_path = tmp_path / "generate" / "summarize" / "news.parquet", \
@@ -65,7 +70,7 @@ def test_genre_titles_and_profiles_feed_the_model(planted: Path, tmp_path: Path,
     assert profiled == costs["profile"]["ok"] > 0
     users = pq.read_table(planted / "behaviors").column("user_id").unique().to_pylist()
     summary = train(planted, tmp_path / "train", "model=nrms_genre", f"model.news.table={news_path}",
-                    f"model.interest.profiles_path={profiles_path}")
+                    f"model.interest.profiles_path={profiles_path}", "train.epochs=3")  # 2 epochs: AUC 0.658
     coverage = summary["coverage"]["profiles"]
     assert coverage["found"] == profiled and coverage["found"] + coverage["missing"] == len(users)
     assert summary["metrics"]["all"]["auc"] >= MIN_AUC
@@ -80,7 +85,7 @@ def test_popk_lowers_the_popularity_of_recommendations(planted: Path, tmp_path: 
 
     All four negatives popular, so the push shows well above run-to-run noise (k = 2 or 3 moved mean popularity by
     only 3-4 % here); it costs accuracy, as docs/results/popk shows, so only the popularity shift is asserted."""
-    with_ids = ("model.news.views=[{kind: text, column: title}, {kind: id}]", "model.news.combine=sum")
+    with_ids = ("model.news.views=[{kind: text, column: title}, {kind: id}]", "model.news.combine=sum", "train.epochs=3")
     uniform = train(planted, tmp_path / "uniform", *with_ids)["metrics"]["all"]
     popk = train(planted, tmp_path / "popk", *with_ids, "train.sampler.kind=popk",
                  "train.sampler.popk_count=4")["metrics"]["all"]
