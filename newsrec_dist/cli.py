@@ -77,7 +77,7 @@ def _fail(error: Exception) -> NoReturn:
 @data_app.command("synth")
 def data_synth(
     overrides: Overrides = None,
-    scale: Annotated[Optional[str], typer.Option(help="tiny | small | mind-small | mind-large (data.synth.scale)")] = None,
+    scale: Annotated[Optional[str], typer.Option(help="micro | tiny | small | mind-small | mind-large (data.synth.scale)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="output directory (data.raw_dir)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="generator seed")] = None,
     quiet: bool = typer.Option(False, help="no progress bar"),

@@ -76,7 +76,7 @@ def test_ablation_settings_are_checked_against_the_schema() -> None:
 @pytest.mark.slow
 def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path, ray_dir: str) -> None:
     work = tmp_path / "run"
-    settings = ["data.synth.scale=tiny", f"paths.work_dir={work}", f"node2vec.ray.temp_dir={ray_dir}",
+    settings = ["data.synth.scale=micro", f"paths.work_dir={work}", f"node2vec.ray.temp_dir={ray_dir}",
                 f"encoder.embed.ray.temp_dir={ray_dir}", "encoder.finetune.steps=4", "encoder.finetune.deepspeed=zero0",
                 f"generate.ray.temp_dir={ray_dir}", f"generate.cache_dir={tmp_path / 'llm-cache'}",
                 "generate.task.max_news=2", "generate.task.max_users=1", "generate.task.news_per_user=1",
@@ -88,7 +88,7 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path, ray_dir:
     assert "## Node2Vec embeddings" in report
     assert "## News encoder" in report and "| adapted model |" in report
     assert "## LLM generation" in report and "| chain (profiler step) | " in report
-    news_ids = pq.read_table(work / "prepared" / "synth-tiny" / "news.parquet", columns=["news_id"])["news_id"]
+    news_ids = pq.read_table(work / "prepared" / "synth-micro" / "news.parquet", columns=["news_id"])["news_id"]
     for name, width in (("minilm-finetuned", 384), ("glove-6b-50d", 50), ("minilm-profiles", 384)):
         keys, vectors = read_vectors(work / "embeddings" / name)
         assert sorted(keys) == sorted(news_ids.to_pylist()) and vectors.shape == (len(news_ids), width), name
@@ -128,8 +128,8 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path, ray_dir:
     assert metrics["models"]["category_profile"]["warm"]["auc"] > metrics["models"]["random"]["warm"]["auc"]
     prediction_lines = (work / "eval" / "prediction-popularity.txt").read_text().splitlines()
     assert len(prediction_lines) == metrics["impressions"]
-    raw_file = work / "raw" / "synth-tiny" / "train" / "behaviors.tsv"
-    parquet = work / "prepared" / "synth-tiny" / "behaviors" / "split=train" / "part-0.parquet"
+    raw_file = work / "raw" / "synth-micro" / "train" / "behaviors.tsv"
+    parquet = work / "prepared" / "synth-micro" / "behaviors" / "split=train" / "part-0.parquet"
     embeddings = work / "node2vec" / "news" / "w=2" / "manifest.json"
     generated = work / "generate" / "chain" / "manifest.json"
     trained = work / "train" / "lecop" / "manifest.json"
@@ -165,7 +165,7 @@ def assert_html_report(work: Path, figures: list[str]) -> None:
 def test_killed_pipeline_resumes_and_from_reruns_the_later_stages(tmp_path: Path) -> None:
     work = tmp_path / "run"
     # POPK's ablation with arm k1 made equal to k0 (uniform negatives): it must be trained once, not twice
-    settings = ["experiment=popk", "data.synth.scale=tiny", f"paths.work_dir={work}", "train.max_steps=30",
+    settings = ["experiment=popk", "data.synth.scale=micro", f"paths.work_dir={work}", "train.max_steps=30",
                 "train.checkpoint_every_n_steps=5", "train.progress=false",
                 "ablations.0.variants.1.set={train.sampler.kind:uniform,train.sampler.popk_count:2}"]
     command = [sys.executable, "-m", "newsrec_dist.cli", "run", *settings]
@@ -178,7 +178,7 @@ def test_killed_pipeline_resumes_and_from_reruns_the_later_stages(tmp_path: Path
         time.sleep(0.05)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    kept = [work / "prepared" / "synth-tiny" / "manifest.json", work / "train" / "popk.k0" / "manifest.json"]
+    kept = [work / "prepared" / "synth-micro" / "manifest.json", work / "train" / "popk.k0" / "manifest.json"]
     stamps = [path.stat().st_mtime_ns for path in kept]
     second = newsrec("run", *settings, cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr

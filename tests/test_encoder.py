@@ -32,8 +32,9 @@ def encoder_cfg(tmp_path: Path, prepared: Path, *overrides: str):  # noqa: ANN20
 @pytest.mark.slow
 def test_finetune_improves_heldout_title_to_abstract_retrieval(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     prepared, _ = tiny
-    # Measured on this data: recall@1 0.20 → 0.32, recall@10 0.74 → 0.84 (about 450 held-out news).
-    cfg = encoder_cfg(tmp_path, prepared, "encoder.finetune.steps=40", "encoder.finetune.batch_size=64",
+    # Measured on this data (450 held-out news): 20 steps recall@1 0.204 → 0.276, recall@10 0.744 → 0.840
+    # (40 steps: 0.32 and 0.84, twice the time).
+    cfg = encoder_cfg(tmp_path, prepared, "encoder.finetune.steps=20", "encoder.finetune.batch_size=64",
                       "encoder.finetune.lr=1e-3", "encoder.finetune.holdout_fraction=0.3",
                       "encoder.finetune.deepspeed=zero0")
     summary = finetune(cfg, prepared)

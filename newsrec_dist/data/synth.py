@@ -59,6 +59,8 @@ class ScaleSpec:
 
 
 SCALES: dict[str, ScaleSpec] = {
+    # micro: the end-to-end tests' whole pipeline in a few minutes; tiny: unit tests and learnability
+    "micro": ScaleSpec(n_users=150, n_news=500, n_impressions=1_000, clicks_per_impression=1.5),
     "tiny": ScaleSpec(n_users=400, n_news=1_500, n_impressions=3_000, clicks_per_impression=1.5),
     "small": ScaleSpec(n_users=5_000, n_news=8_000, n_impressions=40_000, clicks_per_impression=1.5),
     # Official MIND counts (ENVIRONMENT.md): users, news, impressions, clicks / impressions.
