@@ -94,9 +94,15 @@ def processes_mentioning(text: str) -> list[psutil.Process]:
             if any(text in part for part in process.info["cmdline"] or [])]
 
 
-def kill_processes_mentioning(text: str) -> None:
-    for process in processes_mentioning(text):
-        try:
-            process.kill()
-        except psutil.Error:
-            pass
+def kill_processes_mentioning(text: str, rounds: int = 5) -> None:
+    """SIGKILL what names ``text``; again while any remain (a dying raylet may have just spawned a worker)."""
+    for _ in range(rounds):
+        found = processes_mentioning(text)
+        if not found:
+            return
+        for process in found:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(found, timeout=2)

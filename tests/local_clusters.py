@@ -110,6 +110,7 @@ def local_slurm(root: Path) -> Iterator[LocalSlurm]:
 class LocalRay:
     address: str  # the Jobs API (dashboard) address
     gcs: str
+    temp_dir: str  # both nodes' processes name it
 
 
 def _ray(*arguments: str) -> list[str]:
@@ -125,16 +126,23 @@ def local_ray_cluster(worker_cpus: int = 1) -> Iterator[LocalRay]:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    # Every node's agent (which the Jobs API submits through) listens on 52365 unless told: another Ray on this
+    # machine (the other test worker's, a Slurm job's) may hold it, so each node gets free ports of its own.
+    agent = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+             "--metrics-export-port"]
     subprocess.run(_ray("start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
                         "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--temp-dir={temp_dir}",
-                        "--num-cpus=1", *common), env=env, check=True, capture_output=True)
+                        "--num-cpus=1", *_free_ports(agent), *common), env=env, check=True, capture_output=True)
     try:
-        subprocess.run(_ray("start", f"--address=127.0.0.1:{port}", f"--num-cpus={worker_cpus}", *common),
-                       env=env, check=True, capture_output=True)
-        yield LocalRay(address=f"http://127.0.0.1:{dashboard}", gcs=f"127.0.0.1:{port}")
+        subprocess.run(_ray("start", f"--address=127.0.0.1:{port}", f"--num-cpus={worker_cpus}", *_free_ports(agent),
+                            *common), env=env, check=True, capture_output=True)
+        yield LocalRay(address=f"http://127.0.0.1:{dashboard}", gcs=f"127.0.0.1:{port}", temp_dir=temp_dir)
     finally:
-        # not `ray stop`: it stops every Ray on the machine, other tests' too; this cluster's processes name its
-        # temp dir (head) or its GCS address (the worker node and every worker process)
-        for mark in (temp_dir, f"127.0.0.1:{port}"):
-            kill_processes_mentioning(mark)
+        # not `ray stop`: it stops every Ray on the machine, other tests' too; both nodes' processes name the
+        # head's temp dir
+        kill_processes_mentioning(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _free_ports(options: list[str]) -> list[str]:
+    return [f"{option}={free_port()}" for option in options]

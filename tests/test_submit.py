@@ -117,7 +117,7 @@ def test_slurm_starts_spark_and_ray_inside_the_allocation(slurm: LocalSlurm, tin
     assert (work / "node2vec" / "news" / "w=2").is_dir()
     # the job stopped its own Ray, and only its own: another Ray on the node (`ray_cluster`) still runs
     wait_until(lambda: not processes_mentioning(f"/tmp/ray-{node2vec.native_id}/"), 60, "the job's Ray stopped")
-    assert processes_mentioning(ray_cluster.gcs)
+    assert processes_mentioning(ray_cluster.temp_dir)
 
 
 def test_ray_jobs_run_a_stage_on_a_two_node_cluster_and_cancel(ray_cluster: LocalRay, tiny_graphs: Path,
