@@ -45,7 +45,7 @@ class Csr:
 def top_items(scores: ScoreChunk, rows: np.ndarray, excluded: Csr, k: int, n_users: int,
            chunk_users: int = 512) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(user rows, [rows, k] item indices, best first) for the sorted ``rows``, chunk by chunk; each user's
-    ``excluded`` items never appear."""
+    ``excluded`` items never appear ahead of another item."""
     for start in range(0, n_users, chunk_users):
         stop = min(start + chunk_users, n_users)
         mine = rows[(rows >= start) & (rows < stop)]
@@ -54,7 +54,9 @@ def top_items(scores: ScoreChunk, rows: np.ndarray, excluded: Csr, k: int, n_use
         block = scores(start, stop - start).float()
         owners, items = excluded.chunk(start, stop)
         block[torch.from_numpy(owners), torch.from_numpy(items)] = -torch.inf
-        yield mine, torch.topk(block[torch.from_numpy(mine - start)], k, dim=1).indices.numpy()
+        # a pool smaller than k (a small group, e.g. the cold items) is ranked whole; its excluded items come
+        # last at -inf and are never relevant
+        yield mine, torch.topk(block[torch.from_numpy(mine - start)], min(k, block.shape[1]), dim=1).indices.numpy()
 
 
 def topk_metrics(scores: ScoreChunk, n_users: int, relevant: Csr, excluded: Csr, ks: list[int],
@@ -73,7 +75,8 @@ def topk_metrics(scores: ScoreChunk, n_users: int, relevant: Csr, excluded: Csr,
             found = within.sum(axis=1)
             first = np.where(within.any(axis=1), within.argmax(axis=1) + 1, 0)
             per_user[f"recall@{k}"].append(found / count)
-            per_user[f"ndcg@{k}"].append((within * discounts[:k]).sum(axis=1) / ideal[np.minimum(count, k)])
+            per_user[f"ndcg@{k}"].append((within * discounts[:within.shape[1]]).sum(axis=1)
+                                         / ideal[np.minimum(count, k)])
             per_user[f"mrr@{k}"].append(np.where(first > 0, 1.0 / np.maximum(first, 1), 0.0))
             per_user[f"hit@{k}"].append((found > 0).astype(np.float64))
     means = {key: float(np.concatenate(parts).mean()) if parts else float("nan") for key, parts in per_user.items()}
