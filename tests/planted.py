@@ -48,6 +48,10 @@ def train(prepared: Path, out: Path, *extra: str) -> dict:
 SMALL_NODE2VEC = Node2VecConfig(embedding_dim=32, walk_length=10, context_size=5, walks_per_node=4, epochs=3,
                                 batch_size=128, lr=0.02)
 
+# Smaller still, as command-line overrides (one graph, one epoch): the submission and bench tests' Node2Vec jobs.
+NODE2VEC = ["node2vec.graphs=['news/w=2']", "node2vec.embedding_dim=16", "node2vec.walk_length=8",
+            "node2vec.context_size=4", "node2vec.walks_per_node=2", "node2vec.epochs=1", "node2vec.task_cpus=1"]
+
 
 def lecop_overrides(prepared: Path, workdir: Path, spark: SparkConfig | None = None) -> list[str]:
     """LECOP on GloVe news vectors + real Node2Vec vectors of the data's news co-click graph (w=2), both made by
