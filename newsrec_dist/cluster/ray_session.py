@@ -34,7 +34,7 @@ _shared = False  # inside `one_ray_per_run`: a Ray that a stage starts stays up 
 @contextmanager
 def one_ray_per_run() -> Iterator[None]:
     """Within the block, the first stage that needs Ray starts (or joins) it with its own settings, and every later
-    stage uses that one: a pipeline pays Ray's start-up once, not once per stage (10-20 s each here). A run whose
+    stage uses that one: a pipeline pays Ray's start-up once, not once per stage. A run whose
     stages are all up to date starts none. Ray stops when the block ends."""
     global _shared
     _shared = True
