@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import psutil
 
 # make test runs two tests at once (pytest-xdist, `-n 2`): each may use one core's worth of threads, so torch and
-# llama.cpp do not oversubscribe the 2-core machine (two 2-thread torch runs side by side ran 5-10x slower here).
+# llama.cpp do not oversubscribe the 2-core machine (oversubscribed, both slow down several-fold: ENVIRONMENT.md).
 # Run alone (plain pytest, benchmarks/), a test may use both.
 THREADS = 1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 2
 
