@@ -292,7 +292,7 @@ def generate(
 @app.command("eval")
 def evaluate(
     overrides: Overrides = None,
-    baseline: Annotated[Optional[list[str]], typer.Option(help="random | popularity | category_profile")] = None,
+    baseline: Annotated[Optional[list[str]], typer.Option(help="random | popularity | category_profile | oracle")] = None,
     split: Annotated[Optional[str], typer.Option(help="split to score (eval.split)")] = None,
 ) -> None:
     """Score a prepared split with baselines; print the metrics table, write JSON and prediction files."""
@@ -303,10 +303,12 @@ def evaluate(
     try:
         payload = run_baselines(Path(cfg.data.prepared_dir), Path(cfg.eval.output_dir), list(cfg.eval.baselines),
                                 cfg.eval.split, labeled, cfg.eval.cold_history_max, cfg.eval.diversity_k,
-                                cfg.seed, cfg.eval.write_prediction_file)
+                                cfg.seed, cfg.eval.write_prediction_file, Path(cfg.eval.oracle_dir))
     except (ValueError, FileNotFoundError) as error:
         _fail(error)
     console.print(metrics_markdown(payload, cfg.eval.diversity_k))
+    for name, note in payload.get("notes", {}).items():
+        console.print(f"{name}: left out, {note}")
     console.print(f"wrote {Path(cfg.eval.output_dir) / 'metrics.json'}")
 
 

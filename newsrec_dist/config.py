@@ -44,10 +44,20 @@ class SynthConfig:
     history_mean: float = 30.0
     cold_user_share: float = 0.2
     cold_history_max: int = 3
-    affinity_weight: float = 6.0
-    popularity_weight: float = 0.35
-    explore_share: float = 0.3
-    shown_popularity_bias: float = 0.5
+    # What each knob plants and which method it is for: docs/data.md, "What is planted".
+    affinity_weight: float = 6.0  # click utility from the user's interest in the item's subcategory
+    popularity_weight: float = 0.35  # click utility from the item's current popularity
+    story_weight: float = 1.5  # click utility for an item of a story the user's history followed
+    region_weight: float = 1.0  # click utility (and history draw weight, as exp) for an item about the home region
+    explore_share: float = 0.3  # history clicks drawn by popularity alone
+    story_continuation: float = 0.4  # history: chance that the next click continues the last click's story
+    conformity_share: float = 0.1  # impressions clicked by popularity alone, whatever the user's interests
+    exposure_bias: float = 0.5  # candidates are shown with weight popularity ** exposure_bias
+    exposure_followed_share: float = 0.2  # candidate slots filled with fresh items of stories the history followed
+    story_size_mean: float = 8.0  # items per story (1 to 60, over-dispersed)
+    story_days: float = 3.0  # median time over which a story's items are published (log-normal, sigma 1)
+    story_word_share: float = 0.6  # chance that a story item's title (and, separately, abstract) names each story word
+    place_share: float = 0.5  # stories about one place, named like the story words
     freshness_days: float = 2.0
     popularity_half_life_days: float = 1.0
     history_days: int = 28
@@ -80,7 +90,9 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    baselines: list[str] = field(default_factory=lambda: ["random", "popularity"])
+    # oracle: the generator's true utilities (synthetic data only; skipped with a note elsewhere)
+    baselines: list[str] = field(default_factory=lambda: ["random", "popularity", "oracle"])
+    oracle_dir: str = "${data.raw_dir}/oracle"
     split: str = "dev"
     diversity_k: int = 10
     cold_history_max: int = 3

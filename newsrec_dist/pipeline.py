@@ -168,7 +168,8 @@ def stage_eval(state: RunState) -> None:
     labeled = [split for split in cfg.data.splits if split != "test"]
     state.outputs["eval"] = run_baselines(
         Path(cfg.data.prepared_dir), Path(cfg.eval.output_dir), list(cfg.eval.baselines), cfg.eval.split,
-        labeled, cfg.eval.cold_history_max, cfg.eval.diversity_k, cfg.seed, cfg.eval.write_prediction_file)
+        labeled, cfg.eval.cold_history_max, cfg.eval.diversity_k, cfg.seed, cfg.eval.write_prediction_file,
+        Path(cfg.eval.oracle_dir))
 
 
 def stage_report(state: RunState) -> None:

@@ -1,26 +1,25 @@
 """MIND-format synthetic data with planted signal (``newsrec data synth``).
 
-What is planted, and the knobs that set it (all in :class:`~newsrec_dist.config.SynthConfig`):
+What is planted (every knob is in :class:`~newsrec_dist.config.SynthConfig`; docs/data.md says which
+method each one is for):
 
-* **Topics in text.** Every news item has a category and subcategory; its title and abstract are
-  drawn from that subcategory's and category's words mixed with topic-free words, so a text
-  encoder can recover the topic (``vocabulary.TOPICS``). Each abstract also restates three words of
-  its own title, the per-item link title → abstract retrieval relies on.
-* **Users.** Each user has a sparse latent mixture over subcategories (Dirichlet over categories,
-  then within the category). A ``cold_user_share`` of users has at most ``cold_history_max``
-  history clicks.
-* **Popularity.** Items have a Zipf base popularity that halves every
-  ``popularity_half_life_days`` after publication. Candidates shown in an impression are the
-  items published in the last ``freshness_days``, drawn with weight ``popularity**shown_popularity_bias``.
-* **Clicks.** Candidate utility = ``affinity_weight`` × user–subcategory affinity +
-  ``popularity_weight`` × log(current popularity) + Gumbel noise; the top 1+Poisson utilities of
-  an impression are clicked (Plackett–Luce sampling without replacement), so every impression has
-  at least one click and one non-click. History clicks follow the same mixture, with an
-  ``explore_share`` of popularity-only clicks; users who share interests co-click the same items,
-  which is the structure the co-occurrence graphs capture.
-
-The ratio ``affinity_weight / popularity_weight`` sets the difficulty: a popularity baseline lands
-near 0.55–0.62 AUC and content-aware models around 0.70–0.80 (see ``docs/data.md``).
+* **Topics in text.** Real English words: each subcategory's topic words are GloVe neighbours of its
+  seed words (``vocabulary.py``); titles and abstracts mix them with category, topic-free and other
+  topics' words, and each abstract restates three words of its own title.
+* **Stories.** Items come in latent stories below the subcategory (``story_size_mean`` items published
+  over about ``story_days``), each with one or two story words and, for ``place_share`` of them, a
+  real place; a story's items name its words and place in some titles and abstracts, not all.
+* **Users.** A sparse interest mixture over subcategories, a home region, and a history read in
+  sessions: each next click continues the session's story with probability ``story_continuation``.
+  A ``cold_user_share`` of users has at most ``cold_history_max`` history clicks.
+* **Clicks.** Candidates are fresh items shown ∝ popularity**``exposure_bias``; utility =
+  ``affinity_weight`` × interest + ``popularity_weight`` × log popularity + ``story_weight`` × (a story
+  of the history) + ``region_weight`` × (about the home region) + Gumbel noise, and the top 1+Poisson
+  of an impression are clicked (Plackett–Luce). ``conformity_share`` of impressions are clicked by
+  popularity alone.
+* **Oracle.** Each dev candidate's true utility goes to ``oracle/dev`` under the output directory, with
+  the latent story/region of every item (``oracle/news.parquet``) and user (``oracle/users``): only the
+  evaluation's ``oracle`` row and the tests read them. The summary gives each signal's AUC alone.
 
 The generator streams users in chunks of bounded size and appends to the output files; a progress
 file lets a killed run resume at the last finished chunk.
@@ -29,17 +28,20 @@ file lets a killed run resume at the last finished chunk.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from newsrec_dist.arrays import offsets_from_lengths
 from newsrec_dist.config import SynthConfig
-from newsrec_dist.data.vocabulary import GENERAL_WORDS, TOPICS
+from newsrec_dist.data.vocabulary import GENERAL_WORDS, PLACES, TOPICS, word_lists
+from newsrec_dist.eval.metrics import impression_metrics
 from newsrec_dist.io import Manifest, ResumableDir, atomic_write_text, is_up_to_date
 from newsrec_dist.progress import progress_bar
 
@@ -137,18 +139,26 @@ def categorical_rows(probabilities: np.ndarray, rows: np.ndarray, rng: np.random
 
 
 def negative_binomial_lengths(
-    rng: np.random.Generator, size: int, minimum: int, mean: float, maximum: int
+    rng: np.random.Generator, size: int, minimum: int, mean: float | np.ndarray, maximum: int
 ) -> np.ndarray:
-    """Skewed counts ≥ ``minimum`` with the given mean (over-dispersed like MIND's)."""
-    extra_mean = max(mean - minimum, 1e-3)
+    """Skewed counts ≥ ``minimum`` with the given mean (one, or one per count; over-dispersed like MIND's)."""
+    extra_mean = np.maximum(np.asarray(mean, dtype=np.float64) - minimum, 1e-3)
     dispersion = 1.5
     draws = rng.negative_binomial(dispersion, dispersion / (dispersion + extra_mean), size=size)
     return np.clip(minimum + draws, minimum, maximum)
 
 
 # ---------------------------------------------------------------------------------------------
-# The catalogue: news items with topics, publication times, popularity and text
+# The catalogue: stories of news items with topics, places, publication times and popularity
 # ---------------------------------------------------------------------------------------------
+
+REGIONS = tuple(PLACES)
+# Users' home regions and stories' places: mostly the US, as MIND's readers and news are.
+REGION_WEIGHTS = np.array([0.2, 0.22, 0.18, 0.18, 0.07, 0.06, 0.05, 0.04])
+NO_PLACE = len(REGIONS)  # the region index of items about no place
+MAX_STORY_SIZE = 60
+STORY_DAYS_SIGMA = 1.5  # log-normal story durations: most run a few days, one in five over ten (ongoing stories)
+CONFORMITY_POPULARITY_WEIGHT = 1.0  # a conformist impression's utility: log popularity alone
 
 
 @dataclass
@@ -158,13 +168,21 @@ class Catalogue:
     sub_to_cat: np.ndarray
     category: np.ndarray  # per item, index into categories
     subcategory: np.ndarray  # per item, index into subcategories
+    story: np.ndarray  # per item, index of its latent story
+    region: np.ndarray  # per item, index into REGIONS, NO_PLACE when it is about no place
     published: np.ndarray  # seconds since the epoch, sorted ascending (item index = time order)
     base_popularity: np.ndarray
     id_number: np.ndarray  # item index -> number in its id N<number>
+    story_place: np.ndarray  # per story, the place word ("" for none)
+    story_words: list[tuple[str, ...]]  # per story, its one or two entity-like words
 
     @property
     def size(self) -> int:
         return len(self.category)
+
+    @property
+    def n_stories(self) -> int:
+        return len(self.story_place)
 
 
 def topic_tables() -> tuple[list[str], list[str], np.ndarray]:
@@ -177,24 +195,71 @@ def topic_tables() -> tuple[list[str], list[str], np.ndarray]:
     return categories, subcategories, np.asarray(sub_to_cat)
 
 
+def story_sizes_and_durations(cfg: SynthConfig, n_news: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Over-dispersed story sizes (1..MAX_STORY_SIZE, summing to exactly ``n_news``) and durations in days.
+
+    Longer stories have more items (mean size ∝ √duration, scaled so the overall mean is ``story_size_mean``),
+    so an ongoing story keeps publishing rather than thinning out.
+    """
+    guess = int(np.ceil(2 * n_news / max(cfg.story_size_mean, 1.0))) + 8
+    days = np.clip(rng.lognormal(np.log(cfg.story_days), STORY_DAYS_SIGMA, size=guess), 0.25, 30.0)
+    relative = np.sqrt(days / cfg.story_days)
+    mean = 1 + (cfg.story_size_mean - 1) * relative / np.exp(STORY_DAYS_SIGMA ** 2 / 8)  # E[√lognormal] = e^(σ²/8)
+    sizes = negative_binomial_lengths(rng, guess, 1, mean, MAX_STORY_SIZE)
+    if sizes.sum() < n_news:
+        raise ValueError(f"story sizes reach {sizes.sum()} of {n_news} news: lower story_size_mean's spread")
+    count = int(np.searchsorted(np.cumsum(sizes), n_news)) + 1
+    sizes = sizes[:count].copy()
+    sizes[-1] -= sizes.sum() - n_news
+    return sizes, days[:count]
+
+
+def story_entities(
+    cfg: SynthConfig, story_sub: np.ndarray, subcategories: list[str], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
+    """Per story: its region, place word and one or two story words from its subcategory's story words."""
+    n = len(story_sub)
+    has_place = rng.random(n) < cfg.place_share
+    region = np.where(has_place, rng.choice(len(REGIONS), size=n, p=REGION_WEIGHTS), NO_PLACE)
+    place_pick = rng.integers(0, 1 << 30, size=n)
+    place = np.array([PLACES[REGIONS[r]][p % len(PLACES[REGIONS[r]])] if r < NO_PLACE else ""
+                      for r, p in zip(region.tolist(), place_pick.tolist())], dtype=object)
+    pools = [word_lists()[sub]["story"] for sub in subcategories]
+    first = rng.integers(0, 1 << 30, size=n)
+    second = rng.integers(1, 1 << 30, size=n)
+    two = rng.random(n) < 0.5
+    words = []
+    for sub, a, b, both in zip(story_sub.tolist(), first.tolist(), second.tolist(), two.tolist()):
+        pool = pools[sub]
+        picks = (a % len(pool), (a + 1 + b % (len(pool) - 1)) % len(pool))  # two different words
+        words.append(tuple(pool[i] for i in (picks if both else picks[:1])))
+    return region, place, words
+
+
 def build_catalogue(cfg: SynthConfig, spec: ScaleSpec, window_start: float, rng: np.random.Generator) -> Catalogue:
+    """Items come in latent stories: one subcategory, place and story words each, published over a few days."""
     categories, subcategories, sub_to_cat = topic_tables()
     # Category sizes are skewed like MIND's (news and sports dominate).
     sub_weights = rng.dirichlet(np.full(len(subcategories), 2.0))
-    subcategory = rng.choice(len(subcategories), size=spec.n_news, p=sub_weights)
-    span_start = window_start - cfg.history_days * DAY
+    sizes, days = story_sizes_and_durations(cfg, spec.n_news, rng)
+    story_sub = rng.choice(len(subcategories), size=len(sizes), p=sub_weights)
+    span_start = window_start - (cfg.history_days + cfg.freshness_days) * DAY
     span_end = window_start + (cfg.train_days + cfg.dev_days) * DAY
-    published = np.sort(rng.uniform(span_start - cfg.freshness_days * DAY, span_end, size=spec.n_news))
+    duration = days * DAY
+    start = rng.uniform(span_start - duration, span_end)
+    story = np.repeat(np.arange(len(sizes)), sizes)
+    low, high = np.maximum(start, span_start)[story], np.minimum(start + duration, span_end)[story]
+    when = low + rng.random(spec.n_news) * (high - low)
+    order = np.argsort(when, kind="stable")
+    story, published = story[order], when[order]
+    region, place, words = story_entities(cfg, story_sub, subcategories, rng)
     zipf_rank = rng.permutation(spec.n_news) + 1
+    subcategory = story_sub[story]
     return Catalogue(
-        categories=categories,
-        subcategories=subcategories,
-        sub_to_cat=sub_to_cat,
-        category=sub_to_cat[subcategory],
-        subcategory=subcategory,
-        published=published,
-        base_popularity=zipf_rank.astype(np.float64) ** -0.9,
-        id_number=NEWS_ID_BASE + rng.permutation(spec.n_news),
+        categories=categories, subcategories=subcategories, sub_to_cat=sub_to_cat,
+        category=sub_to_cat[subcategory], subcategory=subcategory, story=story, region=region[story],
+        published=published, base_popularity=zipf_rank.astype(np.float64) ** -0.9,
+        id_number=NEWS_ID_BASE + rng.permutation(spec.n_news), story_place=place, story_words=words,
     )
 
 
@@ -218,7 +283,8 @@ def word_pools() -> WordPools:
     for cat_words, subs in TOPICS.values():
         cat_slice = (len(words), len(cat_words))
         words.extend(cat_words)
-        for sub_words in subs.values():
+        for sub in subs:
+            sub_words = word_lists()[sub]["topic"]
             slices.append(((len(words), len(sub_words)), cat_slice))
             words.extend(sub_words)
     off_topic = (topical_start, len(words) - topical_start)
@@ -228,66 +294,90 @@ def word_pools() -> WordPools:
 
 def random_texts(
     pools: WordPools, subcategory: np.ndarray, min_words: int, max_words: int, rng: np.random.Generator
-) -> list[str]:
-    """One text per item: each word drawn from a pool chosen by TEXT_POOL_SHARES (vectorised)."""
+) -> list[list[str]]:
+    """One word list per item: each word drawn from a pool chosen by TEXT_POOL_SHARES (vectorised)."""
     lengths = rng.integers(min_words, max_words + 1, size=len(subcategory))
     owner_sub = np.repeat(subcategory, lengths)
     pool = rng.choice(4, size=len(owner_sub), p=TEXT_POOL_SHARES)
     word_ids = pools.starts[owner_sub, pool] + (rng.random(len(pool)) * pools.sizes[owner_sub, pool]).astype(np.int64)
     words = pools.words[word_ids].tolist()
     offsets = offsets_from_lengths(lengths).tolist()
-    return [" ".join(words[start:stop]).capitalize() for start, stop in zip(offsets[:-1], offsets[1:])]
+    return [words[start:stop] for start, stop in zip(offsets[:-1], offsets[1:])]
 
 
-STORY_WORDS = 3  # title words each abstract restates
+ECHOED_TITLE_WORDS = 3  # title words each abstract restates
 
 
-def echo_title_words(titles: list[str], abstracts: list[str], rng: np.random.Generator) -> list[str]:
-    """Each abstract restates ``STORY_WORDS`` of its own title's words at random places.
-
-    Real abstracts restate their headline; this is the per-item title ↔ abstract link that the
-    encoder's contrastive fine-tuning learns (topic words alone only identify the subcategory).
-    """
-    echoed = []
-    for title, abstract in zip(titles, abstracts):
-        title_words, words = title.lower().split(), abstract.lower().split()
-        for pick in rng.choice(len(title_words), size=min(STORY_WORDS, len(title_words)), replace=False):
-            words.insert(int(rng.integers(0, len(words) + 1)), title_words[pick])
-        echoed.append(" ".join(words).capitalize())
-    return echoed
+def insert_words(words: list[str], extra: list[str], rng: np.random.Generator) -> list[str]:
+    """``words`` with each of ``extra`` inserted at a random place."""
+    words = list(words)
+    for word in extra:
+        words.insert(int(rng.integers(0, len(words) + 1)), word)
+    return words
 
 
-def entity_json(title: str, word: str, wikidata_number: int) -> str:
-    """MIND's entity list: the subcategory's head word as an entity where the title mentions it."""
-    offset = title.lower().find(word)
-    if offset < 0:
-        return "[]"
-    entity = {
-        "Label": word.capitalize(), "Type": "O", "WikidataId": f"Q{wikidata_number}", "Confidence": 1.0,
-        "OccurrenceOffsets": [offset], "SurfaceForms": [title[offset:offset + len(word)]],
-    }
-    return json.dumps([entity], separators=(", ", ": "))
+def echoed(title: list[str], rng: np.random.Generator) -> list[str]:
+    """``ECHOED_TITLE_WORDS`` of the title's words: real abstracts restate their headline, the per-item
+    link title → abstract that the encoder's contrastive fine-tuning learns (topic words only tell the
+    subcategory, story words only the story)."""
+    picks = rng.choice(len(title), size=min(ECHOED_TITLE_WORDS, len(title)), replace=False)
+    return [title[i] for i in picks]
 
 
-def news_rows(catalogue: Catalogue, rng: np.random.Generator) -> list[str]:
-    """news.tsv lines: text from topic vocabularies, a title entity for some items."""
+def entity_json(text: str, entities: list[tuple[str, str, str]]) -> str:
+    """MIND's entity list: each (word, type, Wikidata id) the text mentions, with its offsets."""
+    found = []
+    for word, kind, wikidata in entities:
+        offsets = [match.start() for match in re.finditer(rf"\b{re.escape(word)}\b", text.lower())]
+        if offsets:
+            found.append({"Label": word.capitalize(), "Type": kind, "WikidataId": wikidata, "Confidence": 1.0,
+                          "OccurrenceOffsets": offsets, "SurfaceForms": [text[o:o + len(word)] for o in offsets]})
+    return json.dumps(found, separators=(", ", ": ")) if found else "[]"
+
+
+def story_mentions(catalogue: Catalogue, share: float, rng: np.random.Generator) -> list[list[str]]:
+    """Per item: the story's words and place that this text names, each with probability ``share``."""
+    mentions = []
+    keep = rng.random((catalogue.size, 3)) < share
+    for item, story in enumerate(catalogue.story.tolist()):
+        names = [*catalogue.story_words[story], catalogue.story_place[story]]
+        mentions.append([name for name, kept in zip(names, keep[item]) if name and kept])
+    return mentions
+
+
+def entity_ids(catalogue: Catalogue) -> dict[str, tuple[str, str]]:
+    """Every story word and place → (MIND entity type, a stable Wikidata-like id)."""
+    ids = {word: ("O", f"Q{100_000 + i}") for i, word in
+           enumerate(sorted({w for words in catalogue.story_words for w in words}))}
+    ids |= {place: ("G", f"Q{90_000 + i}") for i, place in enumerate(p for places in PLACES.values() for p in places)}
+    return ids
+
+
+def news_rows(cfg: SynthConfig, catalogue: Catalogue, rng: np.random.Generator) -> list[str]:
+    """news.tsv lines: topic words, some of the story's words and place, entities for those named."""
     pools = word_pools()
-    titles = random_texts(pools, catalogue.subcategory, 7, 14, rng)
-    abstracts = echo_title_words(titles, random_texts(pools, catalogue.subcategory, 18, 39, rng), rng)
-    head_words = [str(pools.words[start]) for start in pools.starts[:, 0]]
+    title_words = random_texts(pools, catalogue.subcategory, 7, 14, rng)
+    abstract_words = random_texts(pools, catalogue.subcategory, 18, 39, rng)
+    in_title = story_mentions(catalogue, cfg.story_word_share, rng)
+    in_abstract = story_mentions(catalogue, cfg.story_word_share, rng)
+    ids = entity_ids(catalogue)
     rows = []
     for item, sub in enumerate(catalogue.subcategory.tolist()):
         news_id = f"N{catalogue.id_number[item]}"
+        title = insert_words(title_words[item], in_title[item], rng)
+        abstract = insert_words(abstract_words[item], echoed(title, rng) + in_abstract[item], rng)
+        title_text, abstract_text = " ".join(title).capitalize(), " ".join(abstract).capitalize() + "."
+        named = [(word, *ids[word]) for word in dict.fromkeys(in_title[item] + in_abstract[item])]
         rows.append("\t".join([
             news_id, catalogue.categories[catalogue.sub_to_cat[sub]], catalogue.subcategories[sub],
-            titles[item], abstracts[item] + ".", f"https://synth.newsrec.invalid/{news_id}.html",
-            entity_json(titles[item], head_words[sub], 1000 + sub), "[]",
+            title_text, abstract_text, f"https://synth.newsrec.invalid/{news_id}.html",
+            entity_json(title_text, named), entity_json(abstract_text, named),
         ]))
     return rows
 
 
 # ---------------------------------------------------------------------------------------------
-# Users: interests, histories and impressions (one chunk of users at a time)
+# Users: interests, home regions, histories and impressions (one chunk of users at a time)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -296,6 +386,7 @@ class UserChunk:
     first_user: int
     impressions_per_user: np.ndarray
     interest: np.ndarray  # (users, subcategories), rows sum to 1
+    home: np.ndarray  # per user, index into REGIONS
     history_items: np.ndarray
     history_offsets: np.ndarray
 
@@ -307,6 +398,7 @@ class ImpressionBlock:
     items: np.ndarray  # flat candidates
     labels: np.ndarray  # flat, int8
     offsets: np.ndarray
+    signals: dict[str, np.ndarray]  # flat, per candidate: each planted term, and "oracle" (the true utility)
 
 
 def user_interests(catalogue: Catalogue, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -327,24 +419,65 @@ def history_lengths(cfg: SynthConfig, n: int, rng: np.random.Generator) -> np.nd
     return np.where(cold, cold_lengths, warm_lengths)
 
 
+@dataclass(frozen=True)
+class HistorySamplers:
+    """Samplers over the news published before the log window, and P(region | subcategory, home region)."""
+
+    by_sub_region: GroupedSampler  # groups: subcategory * (NO_PLACE + 1) + region
+    by_story: GroupedSampler
+    popular: GroupedSampler
+    region_given_sub_home: np.ndarray  # rows: subcategory * len(REGIONS) + home; columns: region incl. NO_PLACE
+    stocked_subs: np.ndarray
+
+
+def history_samplers(cfg: SynthConfig, catalogue: Catalogue, window_start: float) -> HistorySamplers:
+    pool = np.flatnonzero(catalogue.published < window_start)
+    if len(pool) == 0:
+        raise ValueError("no news published before the log window: raise n_news or history_days")
+    weights = catalogue.base_popularity[pool]
+    n_subs, n_regions = len(catalogue.subcategories), NO_PLACE + 1
+    groups = catalogue.subcategory[pool] * n_regions + catalogue.region[pool]
+    mass = np.bincount(groups, weights=weights, minlength=n_subs * n_regions).reshape(n_subs, n_regions)
+    boost = np.exp(cfg.region_weight * (np.arange(n_regions)[None, :] == np.arange(len(REGIONS))[:, None]))
+    region_table = (mass[:, None, :] * boost[None, :, :]).reshape(n_subs * len(REGIONS), n_regions)
+    return HistorySamplers(
+        by_sub_region=GroupedSampler(pool, groups, weights, n_subs * n_regions),
+        by_story=GroupedSampler(pool, catalogue.story[pool], weights, catalogue.n_stories),
+        popular=GroupedSampler(pool, np.zeros(len(pool), dtype=np.int64), weights, 1),
+        region_given_sub_home=region_table + 1e-300,
+        stocked_subs=mass.sum(axis=1) > 0,
+    )
+
+
 def sample_histories(
-    cfg: SynthConfig, catalogue: Catalogue, interest: np.ndarray, samplers: dict[str, GroupedSampler],
+    cfg: SynthConfig, catalogue: Catalogue, interest: np.ndarray, home: np.ndarray, samplers: HistorySamplers,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """History clicks before the log window, oldest first, without repeats."""
+    """History clicks before the log window, in reading order, without repeats.
+
+    Reading comes in sessions: a session starts with an item of a subcategory the user likes (about
+    the home region with extra weight) or, for ``explore_share`` of sessions, a popular item; each next
+    click continues the session's story with probability ``story_continuation``.
+    """
     lengths = history_lengths(cfg, len(interest), rng)
     owner = np.repeat(np.arange(len(interest)), lengths)
-    # Small catalogues may lack old items in some subcategories: draw only from stocked ones.
-    stocked = interest * samplers["history_by_sub"].non_empty[None, :] + 1e-12
-    subcategory = categorical_rows(stocked, owner, rng)
-    items = samplers["history_by_sub"].draw(subcategory, rng)
-    explore = rng.random(len(owner)) < cfg.explore_share
-    items[explore] = samplers["history_global"].draw(np.zeros(int(explore.sum()), dtype=np.int64), rng)
-    pairs = np.unique(owner * np.int64(catalogue.size) + items)  # drops repeats, sorts by (owner, item)
-    owner, items = pairs // catalogue.size, pairs % catalogue.size
-    order = np.lexsort((catalogue.published[items], owner))  # item index is time order
-    counts = np.bincount(owner, minlength=len(interest))
-    return items[order], offsets_from_lengths(counts)
+    position = np.arange(len(owner)) - offsets_from_lengths(lengths)[owner]
+    continues = (rng.random(len(owner)) < cfg.story_continuation) & (position > 0)
+    session = np.cumsum(~continues) - 1
+    starter = owner[~continues]
+    stocked = interest * samplers.stocked_subs[None, :] + 1e-12
+    subcategory = categorical_rows(stocked, starter, rng)
+    region = categorical_rows(samplers.region_given_sub_home, subcategory * len(REGIONS) + home[starter], rng)
+    first = samplers.by_sub_region.draw(subcategory * (NO_PLACE + 1) + region, rng)
+    explore = rng.random(len(first)) < cfg.explore_share
+    first[explore] = samplers.popular.draw(np.zeros(int(explore.sum()), dtype=np.int64), rng)
+    items = first[session]
+    items[continues] = samplers.by_story.draw(catalogue.story[items[continues]], rng)
+    order = np.lexsort((catalogue.published[items], catalogue.published[first[session]], owner))
+    owner, items = owner[order], items[order]
+    _, first_seen = np.unique(owner * np.int64(catalogue.size) + items, return_index=True)
+    keep = np.sort(first_seen)  # drops repeats, keeps reading order
+    return items[keep], offsets_from_lengths(np.bincount(owner[keep], minlength=len(interest)))
 
 
 def current_log_popularity(cfg: SynthConfig, catalogue: Catalogue, items: np.ndarray, when: np.ndarray) -> np.ndarray:
@@ -352,26 +485,89 @@ def current_log_popularity(cfg: SynthConfig, catalogue: Catalogue, items: np.nda
     return np.log(catalogue.base_popularity[items]) - np.log(2.0) * age_days / cfg.popularity_half_life_days
 
 
-def sample_candidates(
-    cfg: SynthConfig, catalogue: Catalogue, shown_weight_cdf: np.ndarray, when: np.ndarray,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fresh items shown at each impression time, ∝ popularity**bias, no repeats inside an impression."""
-    wanted = negative_binomial_lengths(rng, len(when), 2, cfg.candidates_mean, MAX_CANDIDATES)
-    owner = np.repeat(np.arange(len(when)), wanted + 2 + wanted // 4)  # oversample: repeats are dropped
-    low = np.searchsorted(catalogue.published, when - cfg.freshness_days * DAY, side="left")
-    low = np.minimum(low, catalogue.size - 1)
+def fresh_bounds(catalogue: Catalogue, when: np.ndarray, freshness_days: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per time: the [low, high) item range published in the ``freshness_days`` before it (item index = time order)."""
+    low = np.minimum(np.searchsorted(catalogue.published, when - freshness_days * DAY, side="left"), catalogue.size - 1)
     high = np.maximum(np.searchsorted(catalogue.published, when, side="right"), low + 1)
+    return low, high
+
+
+def popular_fresh_items(
+    catalogue: Catalogue, shown_weight_cdf: np.ndarray, when: np.ndarray, owner: np.ndarray, freshness_days: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """One fresh item per entry of ``owner`` (an impression), drawn ∝ popularity**exposure_bias."""
+    low, high = fresh_bounds(catalogue, when, freshness_days)
     cdf_low = np.where(low > 0, shown_weight_cdf[np.maximum(low - 1, 0)], 0.0)
     cdf_high = shown_weight_cdf[high - 1]
     targets = cdf_low[owner] + rng.random(len(owner)) * (cdf_high - cdf_low)[owner]
-    items = np.minimum(np.searchsorted(shown_weight_cdf, targets, side="right"), high[owner] - 1)
+    return np.minimum(np.searchsorted(shown_weight_cdf, targets, side="right"), high[owner] - 1)
+
+
+@dataclass(frozen=True)
+class StoryTimeline:
+    """Items sorted by (story, publication time), so a story's items of a time range are one slice."""
+
+    items: np.ndarray
+    keys: np.ndarray  # story * STORY_KEY_SPAN + seconds since the first publication
+
+    @classmethod
+    def of(cls, catalogue: Catalogue) -> "StoryTimeline":
+        order = np.lexsort((catalogue.published, catalogue.story))
+        return cls(items=order, keys=cls.key(catalogue, catalogue.story[order], catalogue.published[order]))
+
+    @staticmethod
+    def key(catalogue: Catalogue, story: np.ndarray, when: np.ndarray) -> np.ndarray:
+        return story * STORY_KEY_SPAN + (when - catalogue.published[0])
+
+
+STORY_KEY_SPAN = 1e9  # seconds: far more than any log window, and exact in float64 for 10^6 stories
+
+
+def followed_fresh_items(
+    catalogue: Catalogue, timeline: StoryTimeline, followed: np.ndarray, user: np.ndarray, when: np.ndarray,
+    owner: np.ndarray, freshness_days: float, rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each entry of ``owner``: a fresh item of a random story the impression's user follows; (owners, items)
+    of the entries where that story has one (the production recommender's share of personalised slots)."""
+    n_stories = np.int64(catalogue.n_stories)
+    reader = user[owner]
+    first = np.searchsorted(followed, reader * n_stories)
+    count = np.searchsorted(followed, (reader + 1) * n_stories) - first
+    has = count > 0
+    pick = followed[first[has] + (rng.random(int(has.sum())) * count[has]).astype(np.int64)] % n_stories
+    at = when[owner[has]]
+    low = np.searchsorted(timeline.keys, StoryTimeline.key(catalogue, pick, at - freshness_days * DAY), side="left")
+    high = np.searchsorted(timeline.keys, StoryTimeline.key(catalogue, pick, at), side="right")
+    fresh = high > low
+    chosen = low[fresh] + (rng.random(int(fresh.sum())) * (high - low)[fresh]).astype(np.int64)
+    return owner[has][fresh], timeline.items[chosen]
+
+
+def sample_candidates(
+    cfg: SynthConfig, catalogue: Catalogue, shown_weight_cdf: np.ndarray, timeline: StoryTimeline,
+    followed: np.ndarray, user: np.ndarray, when: np.ndarray, rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh items shown at each impression time, no repeats inside an impression: an
+    ``exposure_followed_share`` of slots from the user's followed stories, the rest ∝ popularity**exposure_bias."""
+    n = len(when)
+    wanted = negative_binomial_lengths(rng, n, 2, cfg.candidates_mean, MAX_CANDIDATES)
+    personal = rng.binomial(wanted, cfg.exposure_followed_share)
+    personal_owner, personal_items = followed_fresh_items(
+        catalogue, timeline, followed, user, when, np.repeat(np.arange(n), personal), cfg.freshness_days, rng)
+    popular_owner = np.repeat(np.arange(n), wanted + 2 + wanted // 4)  # oversample: repeats are dropped
+    popular_items = popular_fresh_items(catalogue, shown_weight_cdf, when, popular_owner, cfg.freshness_days, rng)
+    owner = np.concatenate([personal_owner, popular_owner])
+    items = np.concatenate([personal_items, popular_items])
+    order = np.argsort(owner, kind="stable")  # per impression: personalised slots first, then the popular draws
+    owner, items = owner[order], items[order]
     _, first = np.unique(owner * np.int64(catalogue.size) + items, return_index=True)
     keep = np.sort(first)  # unique candidates in drawn order (np.unique sorts by item)
     owner, items = owner[keep], items[keep]
-    rank = np.arange(len(owner)) - offsets_from_lengths(np.bincount(owner, minlength=len(when)))[owner]
+    rank = np.arange(len(owner)) - offsets_from_lengths(np.bincount(owner, minlength=n))[owner]
     owner, items = owner[rank < wanted[owner]], items[rank < wanted[owner]]
-    return items, offsets_from_lengths(np.bincount(owner, minlength=len(when)))
+    shuffle = np.lexsort((rng.random(len(owner)), owner))  # MIND does not list clicked or personalised items first
+    return items[shuffle], offsets_from_lengths(np.bincount(owner, minlength=n))
 
 
 def choose_clicks(
@@ -391,19 +587,38 @@ def choose_clicks(
     return (rank < k[owner]).astype(np.int8)
 
 
+def followed_stories(catalogue: Catalogue, chunk_users: int, history: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Sorted keys user * n_stories + story of every story in each user's history."""
+    owner = np.repeat(np.arange(chunk_users), np.diff(offsets))
+    return np.unique(owner * np.int64(catalogue.n_stories) + catalogue.story[history])
+
+
 def sample_impressions(
-    cfg: SynthConfig, catalogue: Catalogue, chunk: UserChunk, shown_weight_cdf: np.ndarray,
+    cfg: SynthConfig, catalogue: Catalogue, chunk: UserChunk, shown_weight_cdf: np.ndarray, timeline: StoryTimeline,
     window: tuple[float, float], spec: ScaleSpec, rng: np.random.Generator,
 ) -> ImpressionBlock:
+    """Candidates and clicks: utility = interest + popularity + followed story + home region (+ Gumbel noise);
+    a ``conformity_share`` of impressions is clicked by popularity alone."""
     user = np.repeat(np.arange(len(chunk.impressions_per_user)), chunk.impressions_per_user)
     when = rng.uniform(window[0], window[1], size=len(user))
-    items, offsets = sample_candidates(cfg, catalogue, shown_weight_cdf, when, rng)
+    followed = followed_stories(catalogue, len(chunk.impressions_per_user), chunk.history_items, chunk.history_offsets)
+    items, offsets = sample_candidates(cfg, catalogue, shown_weight_cdf, timeline, followed, user, when, rng)
     owner = np.repeat(np.arange(len(user)), np.diff(offsets))
-    affinity = np.log(chunk.interest[user[owner], catalogue.subcategory[items]] + 1e-3)
-    utility = (cfg.affinity_weight * affinity / np.log(1e3)
-               + cfg.popularity_weight * current_log_popularity(cfg, catalogue, items, when[owner]))
-    labels = choose_clicks(utility, offsets, spec.clicks_per_impression, rng)
-    return ImpressionBlock(user=user, time=when, items=items, labels=labels, offsets=offsets)
+    reader = user[owner]
+    keys = reader * np.int64(catalogue.n_stories) + catalogue.story[items]
+    position = np.minimum(np.searchsorted(followed, keys), max(len(followed) - 1, 0))
+    signals = {
+        "interest": np.log(chunk.interest[reader, catalogue.subcategory[items]] + 1e-3) / np.log(1e3),
+        "popularity": current_log_popularity(cfg, catalogue, items, when[owner]),
+        "story": (followed[position] == keys).astype(np.float64) if len(followed) else np.zeros(len(items)),
+        "region": (catalogue.region[items] == chunk.home[reader]).astype(np.float64),
+    }
+    interested = (cfg.affinity_weight * signals["interest"] + cfg.popularity_weight * signals["popularity"]
+                  + cfg.story_weight * signals["story"] + cfg.region_weight * signals["region"])
+    conformist = (rng.random(len(user)) < cfg.conformity_share)[owner]
+    signals["oracle"] = np.where(conformist, CONFORMITY_POPULARITY_WEIGHT * signals["popularity"], interested)
+    labels = choose_clicks(signals["oracle"], offsets, spec.clicks_per_impression, rng)
+    return ImpressionBlock(user=user, time=when, items=items, labels=labels, offsets=offsets, signals=signals)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,6 +674,14 @@ class SynthProgress:
     candidates: dict[str, int] | None = None
     history_clicks: int = 0
     short_history_users: int = 0
+    history_pairs: int = 0  # consecutive history clicks of one user ...
+    history_story_pairs: int = 0  # ... and of those, the pairs inside one story
+    home_region_clicks: int = 0
+    dev_users: int = 0
+    dev_only_users: int = 0  # users whose every impression is on the dev days
+    dev_candidates_of_dev_news: int = 0  # dev candidates published on the dev days: no training click possible
+    signal_auc_sums: dict[str, float] | None = None  # per planted signal, AUC summed over dev impressions
+    signal_auc_impressions: int = 0
 
 
 def chunk_bounds(impressions_per_user: np.ndarray, chunk_impressions: int) -> list[tuple[int, int]]:
@@ -532,33 +755,22 @@ def generate(cfg: SynthConfig, out_dir: Path, *, show_progress: bool = True) -> 
     return stats
 
 
-def history_samplers(catalogue: Catalogue, window_start: float) -> dict[str, GroupedSampler]:
-    """Samplers over news published before the log window: by subcategory, and popularity only."""
-    pool = np.flatnonzero(catalogue.published < window_start)
-    if len(pool) == 0:
-        raise ValueError("no news published before the log window: raise n_news or history_days")
-    weights = catalogue.base_popularity[pool]
-    return {
-        "history_by_sub": GroupedSampler(pool, catalogue.subcategory[pool], weights, len(catalogue.subcategories)),
-        "history_global": GroupedSampler(pool, np.zeros(len(pool), dtype=np.int64), weights, 1),
-    }
-
-
 def _generate_into(
     cfg: SynthConfig, spec: ScaleSpec, work: ResumableDir, progress: SynthProgress, show_progress: bool
 ) -> dict[str, Any]:
     rng = np.random.default_rng([cfg.seed, 0])
     start = window_start_seconds(cfg)
     catalogue = build_catalogue(cfg, spec, start, rng)
-    samplers = history_samplers(catalogue, start)
-    shown_weight_cdf = np.cumsum(catalogue.base_popularity ** cfg.shown_popularity_bias)
+    samplers = history_samplers(cfg, catalogue, start)
+    shown_weight_cdf = np.cumsum(catalogue.base_popularity ** cfg.exposure_bias)
+    timeline = StoryTimeline.of(catalogue)
     activity = rng.lognormal(0.0, 1.0, size=spec.n_users)
     impressions_per_user = 1 + rng.multinomial(spec.n_impressions - spec.n_users, activity / activity.sum())
     splits = ["train", "dev"]
     dev_start = start + cfg.train_days * DAY
     window = (start, dev_start + cfg.dev_days * DAY)
     if progress.next_chunk == 0:
-        _write_news(catalogue, work.path, splits, np.random.default_rng([cfg.seed, 1]))
+        _write_news(cfg, catalogue, work.path, splits, np.random.default_rng([cfg.seed, 1]))
     writer = SynthWriter(work, progress, splits)
     days, clock = mind_time_table(start, cfg.train_days + cfg.dev_days)
     id_bytes = id_byte_table(catalogue)
@@ -569,28 +781,104 @@ def _generate_into(
             first, last = bounds[chunk_index]
             chunk_rng = np.random.default_rng([cfg.seed, 2, chunk_index])
             interest = user_interests(catalogue, last - first, chunk_rng)
-            history, history_offsets = sample_histories(cfg, catalogue, interest, samplers, chunk_rng)
-            progress.history_clicks += len(history)
-            progress.short_history_users += int((np.diff(history_offsets) <= cfg.cold_history_max).sum())
-            chunk = UserChunk(first, impressions_per_user[first:last], interest, history, history_offsets)
-            block = sample_impressions(cfg, catalogue, chunk, shown_weight_cdf, window, spec, chunk_rng)
-            _write_block(writer, chunk, block, id_bytes, (days, clock), start, dev_start)
+            home = chunk_rng.choice(len(REGIONS), size=last - first, p=REGION_WEIGHTS)
+            history, history_offsets = sample_histories(cfg, catalogue, interest, home, samplers, chunk_rng)
+            chunk = UserChunk(first, impressions_per_user[first:last], interest, home, history, history_offsets)
+            block = sample_impressions(cfg, catalogue, chunk, shown_weight_cdf, timeline, window, spec, chunk_rng)
+            _count_chunk(progress, cfg, catalogue, chunk, block, dev_start)
+            dev_ids = _write_block(writer, chunk, block, id_bytes, (days, clock), start, dev_start)
+            _write_latent_chunk(work.path, chunk_index, catalogue, chunk, block, block.time >= dev_start, dev_ids)
             writer.checkpoint(chunk_index + 1)
             advance(len(block.user))
     writer.close()
-    return _statistics(spec, catalogue, progress, len(impressions_per_user))
+    return _statistics(spec, catalogue, progress, len(impressions_per_user), dev_start)
 
 
-def _write_news(catalogue: Catalogue, work: Path, splits: list[str], rng: np.random.Generator) -> None:
-    text = "\n".join(news_rows(catalogue, rng)) + "\n"
+ORACLE = "oracle"  # the raw directory's latent side files: read by the evaluation's oracle row and by tests only
+
+
+def _write_news(cfg: SynthConfig, catalogue: Catalogue, work: Path, splits: list[str], rng: np.random.Generator) -> None:
+    text = "\n".join(news_rows(cfg, catalogue, rng)) + "\n"
     for split in splits:
         atomic_write_text(work / split / "news.tsv", text)
+    latent = pa.table({
+        "news_id": [f"N{number}" for number in catalogue.id_number],
+        "story": pa.array(catalogue.story, pa.int32()),
+        "region": [REGIONS[r] if r < NO_PLACE else None for r in catalogue.region.tolist()],
+        "place": [catalogue.story_place[s] or None for s in catalogue.story.tolist()],
+        "story_words": [list(catalogue.story_words[s]) for s in catalogue.story.tolist()],
+    })
+    (work / ORACLE).mkdir(parents=True, exist_ok=True)
+    pq.write_table(latent, work / ORACLE / "news.parquet")
+
+
+def _count_chunk(
+    progress: SynthProgress, cfg: SynthConfig, catalogue: Catalogue, chunk: UserChunk, block: ImpressionBlock,
+    dev_start: float,
+) -> None:
+    """The summary's counts for one chunk (kept in the progress file, so a resumed run adds up the same)."""
+    lengths = np.diff(chunk.history_offsets)
+    progress.history_clicks += len(chunk.history_items)
+    progress.short_history_users += int((lengths <= cfg.cold_history_max).sum())
+    same_user = np.repeat(np.arange(len(lengths)), lengths)
+    stories = catalogue.story[chunk.history_items]
+    consecutive = same_user[1:] == same_user[:-1]
+    progress.history_pairs += int(consecutive.sum())
+    progress.history_story_pairs += int((consecutive & (stories[1:] == stories[:-1])).sum())
+    progress.home_region_clicks += int(block.signals["region"][block.labels == 1].sum())
+    is_dev = block.time >= dev_start
+    dev_impressions = np.bincount(block.user, weights=is_dev, minlength=len(lengths))
+    progress.dev_users += int((dev_impressions > 0).sum())
+    progress.dev_only_users += int((dev_impressions == chunk.impressions_per_user).sum())
+    dev_candidate = np.repeat(is_dev, np.diff(block.offsets))
+    progress.dev_candidates_of_dev_news += int((catalogue.published[block.items[dev_candidate]] >= dev_start).sum())
+    sums, count = signal_aucs(block, is_dev)
+    progress.signal_auc_sums = {name: (progress.signal_auc_sums or {}).get(name, 0.0) + value
+                                for name, value in sums.items()}
+    progress.signal_auc_impressions += count
+
+
+def signal_aucs(block: ImpressionBlock, rows: np.ndarray) -> tuple[dict[str, float], int]:
+    """Per planted signal: its AUC as the only scorer, summed over the chosen impressions (MIND's per-impression AUC)."""
+    lengths = np.diff(block.offsets)
+    candidate = np.repeat(rows, lengths)
+    offsets = offsets_from_lengths(lengths[rows])
+    if not rows.any():
+        return {name: 0.0 for name in block.signals}, 0
+    sums = {name: float(np.nansum(impression_metrics(values[candidate], block.labels[candidate], offsets,
+                                                     ks=(1,))["auc"])) for name, values in block.signals.items()}
+    return sums, int(rows.sum())
+
+
+def _write_latent_chunk(
+    work: Path, chunk_index: int, catalogue: Catalogue, chunk: UserChunk, block: ImpressionBlock,
+    is_dev: np.ndarray, dev_ids: np.ndarray,
+) -> None:
+    """Users' home regions, and every dev candidate's true click utility (the oracle), one file per chunk."""
+    lengths = np.diff(block.offsets)
+    candidate = np.repeat(is_dev, lengths)
+    offsets = pa.array(offsets_from_lengths(lengths[is_dev]).astype(np.int32))
+    oracle = pa.table({
+        "impression_id": pa.array(dev_ids, pa.int64()),
+        "news_number": pa.ListArray.from_arrays(offsets, pa.array(catalogue.id_number[block.items[candidate]], pa.int32())),
+        "utility": pa.ListArray.from_arrays(offsets, pa.array(block.signals["oracle"][candidate], pa.float32())),
+    })
+    users = pa.table({
+        "user_id": [f"U{USER_ID_BASE + chunk.first_user + u}" for u in range(len(chunk.home))],
+        "home_region": [REGIONS[r] for r in chunk.home.tolist()],
+    })
+    for kind, table in (("dev", oracle), ("users", users)):
+        target = work / ORACLE / kind / f"part-{chunk_index:05d}.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, target.with_suffix(".tmp"))
+        target.with_suffix(".tmp").replace(target)  # a killed chunk never leaves half a file
 
 
 def _write_block(
     writer: SynthWriter, chunk: UserChunk, block: ImpressionBlock, id_bytes: np.ndarray,
     time_table: tuple[list[str], list[str]], start: float, dev_start: float,
-) -> None:
+) -> np.ndarray:
+    """Append the chunk's rows to each split; returns the impression ids given to its dev rows, in row order."""
     histories = render_token_lists(id_bytes, chunk.history_items, chunk.history_offsets, None)
     impressions = render_token_lists(id_bytes, block.items, block.offsets, block.labels)
     days, clock = time_table
@@ -599,9 +887,12 @@ def _write_block(
     clicks = np.add.reduceat(block.labels.astype(np.int64), block.offsets[:-1]) if len(block.labels) else np.zeros(0)
     lengths = np.diff(block.offsets)
     is_dev = block.time >= dev_start
+    dev_ids = np.zeros(0, dtype=np.int64)
     for split, mask in (("train", ~is_dev), ("dev", is_dev)):
         rows = np.flatnonzero(mask)
         next_id = writer.progress.next_impression_id[split]
+        if split == "dev":
+            dev_ids = next_id + np.arange(len(rows), dtype=np.int64)
         lines = [
             b"%d\tU%d\t%s\t%s\t%s\n" % (
                 next_id + position, USER_ID_BASE + chunk.first_user + user,
@@ -610,15 +901,18 @@ def _write_block(
             for position, (row, user) in enumerate(zip(rows.tolist(), block.user[rows].tolist()))
         ]
         writer.write(split, lines, int(clicks[rows].sum()), int(lengths[rows].sum()))
+    return dev_ids
 
 
 def _statistics(
-    spec: ScaleSpec, catalogue: Catalogue, progress: SynthProgress, n_users: int
+    spec: ScaleSpec, catalogue: Catalogue, progress: SynthProgress, n_users: int, dev_start: float,
 ) -> dict[str, Any]:
     rows = dict(progress.rows or {})
     clicks = dict(progress.clicks or {})
     candidates = dict(progress.candidates or {})
     total_rows = sum(rows.values())
+    scored = max(progress.signal_auc_impressions, 1)
+    story_sizes_seen = np.bincount(catalogue.story)
     return {
         "requested": asdict(spec),
         "users": n_users,
@@ -633,4 +927,17 @@ def _statistics(
         "clicks_by_split": clicks,
         "categories": len(catalogue.categories),
         "subcategories": len(catalogue.subcategories),
+        "stories": catalogue.n_stories,
+        "news_per_story": {"mean": float(story_sizes_seen.mean()), "max": int(story_sizes_seen.max())},
+        "news_with_a_place_share": float((catalogue.region < NO_PLACE).mean()),
+        "history_story_continuation_rate": progress.history_story_pairs / max(progress.history_pairs, 1),
+        "home_region_click_share": progress.home_region_clicks / max(sum(clicks.values()), 1),
+        "cold": {
+            "news_published_on_dev_days": int((catalogue.published >= dev_start).sum()),
+            "dev_candidate_share_of_dev_day_news": progress.dev_candidates_of_dev_news / max(candidates.get("dev", 0), 1),
+            "dev_users": progress.dev_users,
+            "dev_only_users": progress.dev_only_users,
+        },
+        # Each planted signal as the only scorer of the dev impressions; "oracle" is the true click utility.
+        "dev_signal_auc": {name: value / scored for name, value in (progress.signal_auc_sums or {}).items()},
     }

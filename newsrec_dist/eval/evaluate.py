@@ -19,9 +19,11 @@ from newsrec_dist.eval.impressions import (
     ClickCounter, ImpressionSet, NewsCatalog, load_catalog, load_clicks, load_impressions,
 )
 from newsrec_dist.eval.metrics import diversity_metrics, impression_metrics, summarize, write_prediction_file
+from newsrec_dist.eval.oracle import oracle_files, oracle_scores
 from newsrec_dist.io import Manifest, artifact_fingerprint, atomic_dir, atomic_write_text, is_up_to_date
 
 RANKING_METRICS = ("auc", "mrr", "ndcg@5", "ndcg@10")
+ORACLE = "oracle"
 
 
 @dataclass(frozen=True)
@@ -73,41 +75,64 @@ def evaluate_scores(data: EvalData, scores: np.ndarray, cold_history_max: int, d
 
 def run_baselines(
     prepared_dir: Path, out_dir: Path, names: list[str], split: str, labeled_splits: list[str],
-    cold_history_max: int, diversity_k: int, seed: int, write_predictions: bool,
+    cold_history_max: int, diversity_k: int, seed: int, write_predictions: bool, oracle_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate each named baseline into ``out_dir`` (``metrics.json``, MIND ``prediction-<name>.txt``); a no-op
-    returning the saved metrics when the data and settings are unchanged."""
-    unknown = sorted(set(names) - set(BASELINES))
+    returning the saved metrics when the data and settings are unchanged. ``oracle`` scores by the generator's
+    true utilities under ``oracle_dir`` and is left out, with a note, for data that has none."""
+    unknown = sorted(set(names) - set(BASELINES) - {ORACLE})
     if unknown:
-        raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted([*BASELINES, ORACLE])}")
+    oracle_path = oracle_files(oracle_dir, split) if ORACLE in names else None
     inputs = {"prepared": artifact_fingerprint(prepared_dir)}
+    if oracle_path is not None:
+        inputs["oracle"] = str(sorted((part.name, part.stat().st_size) for part in oracle_path.glob("*.parquet")))
     config = {"baselines": names, "split": split, "labeled": labeled_splits, "cold_history_max": cold_history_max,
               "diversity_k": diversity_k, "seed": seed, "predictions": write_predictions}
     if is_up_to_date(out_dir, "eval", inputs, config):
         return json.loads((out_dir / "metrics.json").read_text())
     data = load_eval_data(prepared_dir, split, labeled_splits)
     context = ScoringContext(catalog=data.catalog, popularity=data.popularity, seed=seed)
+    notes = {} if oracle_path or ORACLE not in names else {ORACLE: f"no oracle for split {split!r} in {oracle_dir}"}
     with atomic_dir(out_dir) as work:
         results: dict[str, Any] = {}
         for name in names:
-            scores = BASELINES[name](data.impressions, context)
+            if name == ORACLE and oracle_path is None:
+                continue
+            scores = (oracle_scores(oracle_path, data.impressions, data.catalog) if name == ORACLE
+                      else BASELINES[name](data.impressions, context))
             results[name] = evaluate_scores(data, scores, cold_history_max, diversity_k)
             if write_predictions:
                 write_prediction_file(work / f"prediction-{name}.txt", data.impressions.impression_id,
                                       scores, data.impressions.offsets)
-        payload = {"split": split, "impressions": data.impressions.size, "models": results}
+        payload = {"split": split, "impressions": data.impressions.size, "models": results, "notes": notes}
         atomic_write_text(work / "metrics.json", json.dumps(payload, indent=2))
         Manifest(stage="eval", inputs=inputs, config=config, rows={"impressions": data.impressions.size}).write(work)
     return payload
 
 
-def metrics_markdown(payload: dict[str, Any], diversity_k: int) -> str:
-    """One table: a row per model and user group, ranking metrics then diversity."""
+def oracle_lift_share(auc: float, oracle_auc: float | None) -> str:
+    """A model's AUC lift over random as a share of the oracle's (1.00 = as good as the data allows)."""
+    return f"{(auc - 0.5) / (oracle_auc - 0.5):.2f}" if oracle_auc is not None and oracle_auc > 0.5 else "-"
+
+
+def oracle_metrics(payload: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The oracle row of an evaluation's metrics, when the data had one."""
+    return (payload or {}).get("models", {}).get(ORACLE)
+
+
+def metrics_markdown(payload: dict[str, Any], diversity_k: int, oracle: dict[str, Any] | None = None) -> str:
+    """One table: a row per model and user group, ranking metrics then diversity, and with an oracle (the payload's
+    own or the one given), each AUC's lift over random as a share of the oracle's for the same users."""
+    oracle = oracle or oracle_metrics(payload)
     columns = [*RANKING_METRICS, f"category_entropy@{diversity_k}", f"mean_popularity@{diversity_k}"]
-    header = "| model | users | impressions | " + " | ".join(columns) + " |"
-    lines = [header, "|" + "---|" * (len(columns) + 3)]
+    share = ["AUC lift / oracle's"] if oracle else []
+    header = "| model | users | impressions | " + " | ".join(columns + share) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + len(share) + 3)]
     for model, groups in payload["models"].items():
         for group, values in groups.items():
-            cells = " | ".join(f"{values[name]:.4f}" for name in columns)
-            lines.append(f"| {model} | {group} | {int(values['impressions'])} | {cells} |")
+            cells = [f"{values[name]:.4f}" for name in columns]
+            if oracle:
+                cells.append(oracle_lift_share(values["auc"], oracle.get(group, {}).get("auc")))
+            lines.append(f"| {model} | {group} | {int(values['impressions'])} | {' | '.join(cells)} |")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from newsrec_dist.charts import grouped_bars, horizontal_bars, line_chart
 from newsrec_dist.config import config_yaml
-from newsrec_dist.eval.evaluate import metrics_markdown
+from newsrec_dist.eval.evaluate import metrics_markdown, oracle_lift_share, oracle_metrics
 from newsrec_dist.io import atomic_write_text
 
 
@@ -28,9 +28,12 @@ def _accounting_table(summary: dict[str, Any]) -> str:
 
 def _synth_section(stats: dict[str, Any]) -> str:
     keys = ("users", "news", "impressions", "clicks", "clicks_per_impression", "candidates_per_impression",
-            "history_clicks_per_user", "short_history_user_share")
-    rows = [f"| {key} | {stats[key]:.4g} |" if isinstance(stats[key], float) else f"| {key} | {stats[key]} |"
-            for key in keys]
+            "history_clicks_per_user", "short_history_user_share", "stories", "history_story_continuation_rate",
+            "home_region_click_share")
+    flat = {key: stats[key] for key in keys if key in stats} | stats.get("cold", {})
+    flat |= {f"dev AUC of the {name} signal alone": value for name, value in stats.get("dev_signal_auc", {}).items()}
+    rows = [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+            for key, value in flat.items()]
     return "\n".join(["| statistic | value |", "|---|---:|", *rows])
 
 
@@ -109,14 +112,15 @@ def cost_per_point(gain: float, tokens: int, usd: float) -> str:
     return f"{tokens / (gain * 100):.0f} tokens, ${usd / (gain * 100):.4f}" if gain > 0 else "no gain"
 
 
-def _training_section(runs: dict[str, Any], generation: dict[str, Any] | None, diversity_k: int) -> str:
+def _training_section(runs: dict[str, Any], generation: dict[str, Any] | None, diversity_k: int,
+                      oracle: dict[str, Any] | None) -> str:
     lines = ["| model | steps | best epoch | parameters | train samples/s | eval rows/s |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, run in runs.items():
         speed = run["epochs"][-1]["samples_per_second"] if run["epochs"] else float("nan")
         lines.append(f"| {name} | {run['steps']} | {run['best_epoch']} | {run['parameters']} | {speed:.0f} | "
                      f"{run['eval_rows_per_second']:.0f} {run['eval_unit']} |")
-    lines += ["", metrics_markdown({"models": {name: run["metrics"] for name, run in runs.items()}}, diversity_k)]
+    lines += ["", metrics_markdown({"models": {name: run["metrics"] for name, run in runs.items()}}, diversity_k, oracle)]
     if generation and {"nrms", "nrms_genre"} <= set(runs):
         gain = runs["nrms_genre"]["metrics"]["all"]["auc"] - runs["nrms"]["metrics"]["all"]["auc"]
         tasks = [task for task in GENRE_TASKS if task in generation]
@@ -132,7 +136,7 @@ def _value(metrics: dict[str, Any], group: str, key: str) -> str:
 
 
 def _ablation_rows(ablation: DictConfig, arms: list[dict[str, str]], runs: dict[str, Any],
-                   generation: dict[str, Any] | None, diversity_k: int) -> list[str]:
+                   generation: dict[str, Any] | None, diversity_k: int, oracle: dict[str, Any] | None) -> list[str]:
     """A row per arm: ranking metrics, new vs warm users, diversity, gain over the baseline, LLM cost per gain."""
     tasks = {variant.name: list(variant.llm_tasks) for variant in ablation.variants}
     with_cost = bool(generation) and any(tasks.values())
@@ -141,6 +145,7 @@ def _ablation_rows(ablation: DictConfig, arms: list[dict[str, str]], runs: dict[
     header = ["variant", *(["model"] if ablation.models else []), "AUC", "MRR", "nDCG@5", "nDCG@10", "AUC new",
               "AUC warm", f"entropy@{diversity_k}", f"popularity@{diversity_k}",
               *([f"Δ AUC vs {ablation.baseline}"] if ablation.baseline else []),
+              *(["AUC lift / oracle's"] if oracle else []),
               *(["LLM tokens", "USD", "per +0.01 AUC"] if with_cost else [])]
     lines = ["| " + " | ".join(header) + " |", "|---|" + ("---|" if ablation.models else "") +
              "---:|" * (len(header) - 1 - bool(ablation.models))]
@@ -154,6 +159,8 @@ def _ablation_rows(ablation: DictConfig, arms: list[dict[str, str]], runs: dict[
         gain = metrics["all"]["auc"] - baseline[arm["model"]] if arm["model"] in baseline else None
         if ablation.baseline:
             cells.append(f"{gain:+.4f}" if gain is not None else "-")
+        if oracle:
+            cells.append(oracle_lift_share(metrics["all"]["auc"], oracle["all"]["auc"]))
         if with_cost:
             tokens, usd = llm_cost(generation, tasks[arm["variant"]])
             cells += [str(tokens), f"{usd:.4f}",
@@ -271,6 +278,7 @@ def _graph_ablation(ablation: DictConfig, arms: list[dict[str, str]], runs: dict
 
 def _recommender_sections(cfg: DictConfig, outputs: dict[str, Any], work_dir: Path) -> list[str]:
     runs, generation, k = outputs["train"], outputs.get("generate"), cfg.eval.diversity_k
+    oracle = oracle_metrics(outputs.get("eval"))
     figures, train_dir = work_dir / FIGURES, Path(cfg.train.output_dir)
     sections: list[str] = []
     graph_models = [name for name in cfg.train.models if name in runs and runs[name].get("kind") == "graph_cf"]
@@ -280,7 +288,7 @@ def _recommender_sections(cfg: DictConfig, outputs: dict[str, Any], work_dir: Pa
                      *_topk_sections(graph_models, graph_models, runs, list(cfg.eval.topk), None)]
     if models:
         sections += ["## Recommenders (dev split, best checkpoint by dev AUC)", "",
-                     _training_section({name: runs[name] for name in models}, generation, k), ""]
+                     _training_section({name: runs[name] for name in models}, generation, k, oracle), ""]
         if _curves_chart("training loss", models, runs, train_dir, figures / "curves-models.png"):
             sections += _figure("training loss", figures / "curves-models.png", work_dir)
     for ablation in cfg.ablations:
@@ -291,7 +299,7 @@ def _recommender_sections(cfg: DictConfig, outputs: dict[str, Any], work_dir: Pa
             sections += _graph_ablation(ablation, arms, runs, generation, list(cfg.eval.topk), train_dir, work_dir)
             continue
         sections += [f"## Ablation `{ablation.name}`: {ablation.title or ablation.name}", "",
-                     *_ablation_rows(ablation, arms, runs, generation, k), "",
+                     *_ablation_rows(ablation, arms, runs, generation, k, oracle), "",
                      "Runs with equal configuration are trained once and share their row values. `new` users have "
                      f"at most {cfg.eval.cold_history_max} history clicks.", ""]
         _ablation_chart(ablation, arms, runs, k, figures / f"ablation-{ablation.name}.png")
