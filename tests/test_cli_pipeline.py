@@ -233,11 +233,15 @@ def test_prepare_strict_names_file_and_line(tmp_path: Path) -> None:
 def test_eval_command_prints_table_and_rejects_unknown_baseline(tmp_path: Path) -> None:
     work = f"paths.work_dir={tmp_path / 'run'}"
     assert newsrec_here("run", "data.synth.scale=tiny", "stages=[synth,prepare]", work).exit_code == 0
-    result = newsrec_here("eval", "--baseline", "popularity", "data.synth.scale=tiny", work)
+    result = newsrec_here("eval", "--baseline", "popularity", "--baseline", "oracle", "data.synth.scale=tiny", work)
     assert result.exit_code == 0, result.output
-    assert "| popularity | warm |" in result.stdout
-    bad = newsrec_here("eval", "--baseline", "oracle", "data.synth.scale=tiny", work)
-    assert bad.exit_code == 2 and "unknown baseline(s) ['oracle']" in bad.stdout
+    assert "| popularity | warm |" in result.stdout and "| oracle | all |" in result.stdout
+    assert "AUC lift / oracle's" in result.stdout
+    elsewhere = newsrec_here("eval", "--baseline", "oracle", "data.synth.scale=tiny", work,
+                             f"eval.oracle_dir={tmp_path / 'none'}", f"eval.output_dir={tmp_path / 'eval-none'}")
+    assert elsewhere.exit_code == 0 and "oracle: left out, no oracle for split 'dev'" in elsewhere.stdout
+    bad = newsrec_here("eval", "--baseline", "clairvoyant", "data.synth.scale=tiny", work)
+    assert bad.exit_code == 2 and "unknown baseline(s) ['clairvoyant']" in bad.stdout
 
 
 def test_job_scripts_call_the_same_core(tmp_path: Path) -> None:

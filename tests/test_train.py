@@ -12,7 +12,7 @@ import pytest
 from helpers import THREADS, kill_when, run
 from safetensors.torch import load_file
 
-from planted import LEARNERS, LSTUR_RESUME, MIN_AUC, lecop_overrides, overrides, train
+from planted import LEARNERS, LSTUR_RESUME, floor, lecop_overrides, oracle_share, overrides, train
 
 from newsrec_dist.config import SparkConfig, as_object, load_config
 from newsrec_dist.generate.stage import run_generation
@@ -24,8 +24,9 @@ from newsrec_dist.graphs.artifact import node_keys
 def test_model_learns_planted_interests(model: str, extra: tuple[str, ...], planted: Path, tmp_path: Path) -> None:
     summary = train(planted, tmp_path / "train", f"model={model}", *extra)
     auc = summary["metrics"]["all"]["auc"]
-    print(f"{model}: dev AUC {auc:.4f} per epoch {[round(e['val_auc'], 4) for e in summary['epochs']]}")
-    assert auc >= MIN_AUC
+    print(f"{model}: dev AUC {auc:.4f} ({oracle_share(planted, auc):.2f} of the oracle's lift) per epoch "
+          f"{[round(e['val_auc'], 4) for e in summary['epochs']]}")
+    assert auc >= floor(planted)
     # the planted interests are read from the history: warm users (more than 3 clicks) are ranked better than new
     # users (3 or fewer), whose few clicks say little. Measured after 3 epochs: NRMS 0.710 vs 0.640, DIN 0.735 vs
     # 0.604; LSTUR least (0.788 vs 0.766; 0.762 vs 0.744 after 2): its learned user vectors serve new users too.
@@ -43,7 +44,7 @@ def test_plm_nr_learns(planted: Path, tmp_path: Path) -> None:
     # the last 10 clicks, not 20: the trained top layer encodes each distinct news of a batch, and a shorter
     # history has fewer (measured alone on 2 cores: 10 clicks AUC 0.687 in 4 min 17 s; 20 clicks 0.695 in 7 min)
     summary = train(planted, tmp_path / "train", "model=plm_nr", "train.epochs=2", "train.max_history=10")
-    assert summary["metrics"]["all"]["auc"] >= MIN_AUC, summary["epochs"]
+    assert summary["metrics"]["all"]["auc"] >= floor(planted), summary["epochs"]
 
 
 @pytest.mark.slow
@@ -54,7 +55,7 @@ def test_lecop_learns_from_fused_vectors(planted: Path, tmp_path: Path, local_sp
     assert 0 < in_graph <= len(news)  # news nobody clicked in train are not graph nodes: counted as missing
     assert summary["coverage"][str(tmp_path / "node2vec" / "news" / "w=2")] == \
         {"keyed_by": "news", "found": in_graph, "missing": len(news) - in_graph}
-    assert summary["metrics"]["all"]["auc"] >= MIN_AUC, summary["epochs"]
+    assert summary["metrics"]["all"]["auc"] >= floor(planted), summary["epochs"]
 
 
 @pytest.mark.slow
@@ -75,7 +76,7 @@ def test_genre_titles_and_profiles_feed_the_model(planted: Path, tmp_path: Path,
                     f"model.interest.profiles_path={profiles_path}", "train.epochs=3")  # 2 epochs: AUC 0.658
     coverage = summary["coverage"]["profiles"]
     assert coverage["found"] == profiled and coverage["found"] + coverage["missing"] == len(users)
-    assert summary["metrics"]["all"]["auc"] >= MIN_AUC
+    assert summary["metrics"]["all"]["auc"] >= floor(planted)
     with pytest.raises(ValueError, match="title_enhanced"):
         train(planted, tmp_path / "other", "model=nrms_genre", f"model.news.table={planted / 'news.parquet'}",
               f"model.interest.profiles_path={profiles_path}")
@@ -139,7 +140,7 @@ def test_finished_run_is_reused_and_bad_settings_fail_clearly(tiny: tuple[Path, 
 def test_ray_train_two_workers_match_single_process(planted: Path, tmp_path: Path, ray_dir: str) -> None:
     single = train(planted, tmp_path / "single")["metrics"]["all"]["auc"]
     ray_run = train(planted, tmp_path / "ray", "train=ray", f"train.ray.ray.temp_dir={ray_dir}", "train.threads=1")
-    assert ray_run["metrics"]["all"]["auc"] >= MIN_AUC
+    assert ray_run["metrics"]["all"]["auc"] >= floor(planted)
     assert abs(ray_run["metrics"]["all"]["auc"] - single) < 0.05
     # two workers split each epoch: half the optimizer steps of one process at the same batch size (each
     # epoch drops its last partial batch, so one process may take one more step per epoch)
