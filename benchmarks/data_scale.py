@@ -52,7 +52,7 @@ def main() -> None:
         "prepare": [*NEWSREC, "data", "prepare", "--quiet", *overrides],
         "eval": [
             *NEWSREC, "eval", "--baseline", "random", "--baseline", "popularity", "--baseline", "category_profile",
-            *overrides],
+            "--baseline", "oracle", *overrides],
     }
     rows = []
     for stage, command in stages.items():
@@ -72,15 +72,18 @@ def write_results(args: argparse.Namespace, rows: list[dict], stats: dict, metri
     auc = {name: round(groups["all"]["auc"], 4) for name, groups in metrics["models"].items()}
     append_section(args.out.with_suffix(".md"), f"scale `{args.scale}`",
                    f"python benchmarks/data_scale.py --scale {args.scale} --workdir {args.workdir}", [
-        "Stages: " + ", ".join(row["stage"] for row in rows) + " (eval = random, popularity and "
-        "category_profile baselines on the dev split).\n",
+        "Stages: " + ", ".join(row["stage"] for row in rows) + " (eval = random, popularity, "
+        "category_profile and the generator's oracle on the dev split).\n",
         "| stage | wall (s) | peak RSS (MiB) |", "|---|---:|---:|",
         *[f"| {row['stage']} | {row['wall_s']} | {row['peak_rss_mib']} |" for row in rows],
         "",
         f"Generated: {stats['users']:,} users, {stats['news']:,} news, {stats['impressions']:,} impressions, "
         f"{stats['clicks']:,} clicks ({stats['clicks_per_impression']:.3f}/impression), "
         f"{stats['candidates_per_impression']:.1f} candidates/impression; TSV bytes: "
-        f"{sum(sizes.values()) / 1e9:.2f} GB. Dev AUC: {auc}.",
+        f"{sum(sizes.values()) / 1e9:.2f} GB. Dev AUC: {auc}. Each planted signal alone (dev AUC): "
+        f"{ {name: round(value, 4) for name, value in stats['dev_signal_auc'].items()} }; {stats['stories']:,} stories, "
+        f"history story continuation {stats['history_story_continuation_rate']:.3f}, home-region clicks "
+        f"{stats['home_region_click_share']:.3f}, cold: {stats['cold']}.",
     ])
 
 

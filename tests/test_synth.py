@@ -286,6 +286,11 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     resumed = generate(replace(cfg), target, show_progress=False)
     for relative in ("train/behaviors.tsv", "dev/behaviors.tsv", "dev/news.tsv"):
         assert (target / relative).read_bytes() == (reference / relative).read_bytes(), relative
+    for kind in ("dev", "users"):  # the oracle's side files are resumed too, one file per chunk
+        parts = [sorted((root / "oracle" / kind).glob("*.parquet")) for root in (target, reference)]
+        assert [p.name for p in parts[0]] == [p.name for p in parts[1]]
+        assert all(pd.read_parquet(a).equals(pd.read_parquet(b)) for a, b in zip(*parts))
+    assert resumed == json.loads((reference / "synth_stats.json").read_text())
     assert resumed["impressions"] == SCALES["small"].n_impressions
     lines = (target / "train/behaviors.tsv").read_text().splitlines()
     assert len({line.split("\t")[0] for line in lines}) == len(lines)

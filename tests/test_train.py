@@ -44,8 +44,9 @@ def test_model_learns_planted_interests(model: str, extra: tuple[str, ...], plan
 @pytest.mark.slow
 def test_plm_nr_learns(planted: Path, tmp_path: Path) -> None:
     # the last 10 clicks, not 20: the trained top layer encodes each distinct news of a batch, and a shorter
-    # history has fewer (measured alone on 2 cores: 10 clicks AUC 0.687 in 4 min 17 s; 20 clicks 0.695 in 7 min)
-    summary = train(planted, tmp_path / "train", "model=plm_nr", "train.epochs=2", "train.max_history=10")
+    # history has fewer. 3 epochs on the v2 data (measured alone on 2 cores: AUC 0.619 → 0.631 → 0.664, 0.40 of
+    # the oracle's lift, in 6 min 37 s; 2 epochs, 4 min 14 s, stay under the floor of 0.642)
+    summary = train(planted, tmp_path / "train", "model=plm_nr", "train.epochs=3", "train.max_history=10")
     assert summary["metrics"]["all"]["auc"] >= floor(planted), summary["epochs"]
 
 
