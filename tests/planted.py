@@ -34,11 +34,12 @@ LEARNERS = [("nrms", ()), ("naml", ()), ("lstur", ()), ("lstur", ("model.user.ls
 LSTUR_RESUME = ("model=lstur", "train.epochs=2", "train.checkpoint_every_n_steps=7")
 
 
-def make_planted(root: Path) -> Path:
-    """A tiny catalog with more impressions and a clear interest signal: what a model must learn within minutes.
-    The baselines' and the oracle's dev metrics go to ``root/eval`` (read by :func:`floor`)."""
-    generate(SynthConfig(scale="tiny", n_impressions=5000, affinity_weight=10.0, conformity_share=0.0), root / "raw",
-             show_progress=False)
+def make_planted(root: Path, conformity_share: float = 0.0) -> Path:
+    """A tiny catalog with more impressions and a clear interest signal: what a model must learn within minutes
+    (no conformist impressions unless asked: they are popularity noise to a content model). The baselines' and
+    the oracle's dev metrics go to ``root/eval`` (read by :func:`floor`)."""
+    generate(SynthConfig(scale="tiny", n_impressions=5000, affinity_weight=10.0, conformity_share=conformity_share),
+             root / "raw", show_progress=False)
     prepare(root / "raw", root / "prepared", ["train", "dev"], show_progress=False)
     run_baselines(root / "prepared", root / "eval", ["random", "popularity", "category_profile", "oracle"], "dev",
                   ["train", "dev"], 3, 10, 0, False, root / "raw" / "oracle")
