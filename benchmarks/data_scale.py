@@ -62,7 +62,8 @@ def main() -> None:
         rows.append({"scale": args.scale, "stage": stage, "wall_s": round(wall, 1), "peak_rss_mib": round(rss)})
         print(rows[-1], flush=True)
     stats = json.loads((raw / "synth_stats.json").read_text())
-    metrics = json.loads((evaluated / "metrics.json").read_text())
+    metrics_file = evaluated / "metrics.json"  # absent when only synth (or prepare) ran
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {"models": {}}
     sizes = {str(path): path.stat().st_size for path in raw.glob("*/*.tsv")}
     write_results(args, rows, stats, metrics, sizes)
 
