@@ -8,6 +8,8 @@ conformist impressions), trains each model of the learnability tests plus PLM-NR
 Node2Vec vectors of the news co-click graph, as in the test) with the tests' settings (planted.FAST: 2 epochs),
 and appends their dev metrics, with each AUC's share of the oracle's lift over random, to <out>.csv/.md. The
 non-learned baselines and the generator's oracle on the same split head the section.
+"""
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     prepared = make_planted(args.workdir / "data")
     variants = [(f"{name}{' ' + ' '.join(extra) if extra else ''}", [f"model={name}", *extra]) for name, extra in LEARNERS]
-    variants += [("plm_nr (last 10 clicks)", ["model=plm_nr", "train.max_history=10"]),
+    variants += [("plm_nr (last 10 clicks, 3 epochs)", ["model=plm_nr", "train.max_history=10", "train.epochs=3"]),
                  ("lecop (GloVe + Node2Vec news/w=2 vectors)", lecop_overrides(prepared, args.workdir))]
     rows = []
     for index, (label, overrides) in enumerate(variants):
