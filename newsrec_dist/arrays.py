@@ -12,6 +12,19 @@ def offsets_from_lengths(lengths: np.ndarray) -> np.ndarray:
     return offsets
 
 
+def first_occurrences(keys: np.ndarray) -> np.ndarray:
+    """Mask keeping the first entry of each repeated key, in the keys' own order.
+
+    A stable argsort and one comparison of neighbours: several times faster than
+    ``np.unique(return_index=True)`` plus sorting its indices back into order.
+    """
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    keep = np.ones(len(keys), dtype=bool)
+    keep[order[1:][ordered[1:] == ordered[:-1]]] = False
+    return keep
+
+
 def searchsorted_many(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """``np.searchsorted(sorted_keys, queries, side="left")`` for tens of millions of queries.
 

@@ -194,6 +194,22 @@ def test_stories_sit_below_the_subcategory_and_name_their_words_in_some_titles(s
     assert abs(len(placed) / len(news) - SynthConfig().place_share) < 0.1
     named = np.mean([place in title.lower().split() for place, title in zip(placed["place"], placed["title"])])
     assert abs(named - share) < 0.05
+    for row in news.itertuples():
+        assert_entities_are_the_named_story_words(row.title, json.loads(row.te), [*row.story_words, row.place])
+        assert_entities_are_the_named_story_words(row.abstract, json.loads(row.ae), [*row.story_words, row.place])
+
+
+def assert_entities_are_the_named_story_words(text: str, entities: list[dict], story_names: list) -> None:
+    """MIND's entity list names exactly the story words and place the text contains, at every offset."""
+    tokens = text.lower().rstrip(".").split(" ")
+    starts = np.cumsum([0] + [len(token) + 1 for token in tokens[:-1]])
+    expected = {name: [int(s) for s, token in zip(starts, tokens) if token == name]
+                for name in story_names if isinstance(name, str) and name in tokens}
+    assert {entity["Label"].lower(): entity["OccurrenceOffsets"] for entity in entities} == expected, text
+    for entity in entities:
+        assert entity["Type"] in ("O", "G") and entity["WikidataId"].startswith("Q")
+        assert [text[o:o + len(entity["Label"])].lower() for o in entity["OccurrenceOffsets"]] == \
+            [entity["Label"].lower()] * len(entity["OccurrenceOffsets"])
 
 
 def history_pairs_in_one_story(raw: Path) -> float:

@@ -28,7 +28,6 @@ file lets a killed run resume at the last finished chunk.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -38,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from newsrec_dist.arrays import offsets_from_lengths
+from newsrec_dist.arrays import first_occurrences, offsets_from_lengths
 from newsrec_dist.config import SynthConfig
 from newsrec_dist.data.vocabulary import GENERAL_WORDS, PLACES, TOPICS, word_lists
 from newsrec_dist.eval.metrics import impression_metrics
@@ -324,14 +323,17 @@ def echoed(title: list[str], rng: np.random.Generator) -> list[str]:
     return [title[i] for i in picks]
 
 
-def entity_json(text: str, entities: list[tuple[str, str, str]]) -> str:
-    """MIND's entity list: each (word, type, Wikidata id) the text mentions, with its offsets."""
-    found = []
-    for word, kind, wikidata in entities:
-        offsets = [match.start() for match in re.finditer(rf"\b{re.escape(word)}\b", text.lower())]
-        if offsets:
-            found.append({"Label": word.capitalize(), "Type": kind, "WikidataId": wikidata, "Confidence": 1.0,
-                          "OccurrenceOffsets": offsets, "SurfaceForms": [text[o:o + len(word)] for o in offsets]})
+def entity_json(words: list[str], text: str, entities: list[tuple[str, str, str]]) -> str:
+    """MIND's entity list: each (word, type, Wikidata id) the text mentions, with its offsets. ``text`` is
+    ``words`` joined by single spaces (then capitalised), so a word's offsets are the starts of its tokens."""
+    starts: dict[str, list[int]] = {}
+    at = 0
+    for word in words:
+        starts.setdefault(word, []).append(at)
+        at += len(word) + 1
+    found = [{"Label": word.capitalize(), "Type": kind, "WikidataId": wikidata, "Confidence": 1.0,
+              "OccurrenceOffsets": starts[word], "SurfaceForms": [text[o:o + len(word)] for o in starts[word]]}
+             for word, kind, wikidata in entities if word in starts]
     return json.dumps(found, separators=(", ", ": ")) if found else "[]"
 
 
@@ -371,7 +373,7 @@ def news_rows(cfg: SynthConfig, catalogue: Catalogue, rng: np.random.Generator) 
         rows.append("\t".join([
             news_id, catalogue.categories[catalogue.sub_to_cat[sub]], catalogue.subcategories[sub],
             title_text, abstract_text, f"https://synth.newsrec.invalid/{news_id}.html",
-            entity_json(title_text, named), entity_json(abstract_text, named),
+            entity_json(title, title_text, named), entity_json(abstract, abstract_text, named),
         ]))
     return rows
 
@@ -475,8 +477,7 @@ def sample_histories(
     items[continues] = samplers.by_story.draw(catalogue.story[items[continues]], rng)
     order = np.lexsort((catalogue.published[items], catalogue.published[first[session]], owner))
     owner, items = owner[order], items[order]
-    _, first_seen = np.unique(owner * np.int64(catalogue.size) + items, return_index=True)
-    keep = np.sort(first_seen)  # drops repeats, keeps reading order
+    keep = first_occurrences(owner * np.int64(catalogue.size) + items)  # drops repeats, keeps reading order
     return items[keep], offsets_from_lengths(np.bincount(owner[keep], minlength=len(interest)))
 
 
@@ -561,12 +562,13 @@ def sample_candidates(
     items = np.concatenate([personal_items, popular_items])
     order = np.argsort(owner, kind="stable")  # per impression: personalised slots first, then the popular draws
     owner, items = owner[order], items[order]
-    _, first = np.unique(owner * np.int64(catalogue.size) + items, return_index=True)
-    keep = np.sort(first)  # unique candidates in drawn order (np.unique sorts by item)
+    keep = first_occurrences(owner * np.int64(catalogue.size) + items)  # unique candidates in drawn order
     owner, items = owner[keep], items[keep]
     rank = np.arange(len(owner)) - offsets_from_lengths(np.bincount(owner, minlength=n))[owner]
     owner, items = owner[rank < wanted[owner]], items[rank < wanted[owner]]
-    shuffle = np.lexsort((rng.random(len(owner)), owner))  # MIND does not list clicked or personalised items first
+    # MIND does not list clicked or personalised items first. One float key (impression + U[0, 1)) sorts as
+    # lexsort((random, owner)) does, 4x faster.
+    shuffle = np.argsort(owner + rng.random(len(owner)))
     return items[shuffle], offsets_from_lengths(np.bincount(owner, minlength=n))
 
 

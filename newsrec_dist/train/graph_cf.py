@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from newsrec_dist.arrays import first_occurrences
 from newsrec_dist.eval.impressions import ImpressionSet, NewsCatalog, load_catalog, load_impressions
 from newsrec_dist.eval.topk import Csr, ScoreChunk, top_items, topk_metrics
 from newsrec_dist.models.lightgcn import GraphRecommender
@@ -91,10 +92,7 @@ def _pairs(impressions: ImpressionSet, clicked_only: bool) -> tuple[pa.Array, np
 
 def _distinct(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
     """Mask keeping the first of each repeated (user, news) pair."""
-    _, first = np.unique(users.astype(np.int64) * n_items + items, return_index=True)
-    keep = np.zeros(len(users), dtype=bool)
-    keep[first] = True
-    return keep
+    return first_occurrences(users.astype(np.int64) * n_items + items)
 
 
 def _check_time_split(train: ImpressionSet, test: ImpressionSet, split: str, prepared: Path) -> None:
