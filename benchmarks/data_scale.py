@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 from newsrec_dist.measure import append_csv, append_section
 
 NEWSREC = [sys.executable, "-m", "newsrec_dist.cli"]
+DEFAULT_STAGES = "synth,prepare,eval"
 
 
 def timed(command: list[str]) -> tuple[float, float, str]:
@@ -39,7 +41,7 @@ def main() -> None:
     parser.add_argument("--scale", default="mind-small")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/data_scale"))
-    parser.add_argument("--stages", default="synth,prepare,eval")
+    parser.add_argument("--stages", default=DEFAULT_STAGES)
     args = parser.parse_args()
     selected = args.stages.split(",")
     if "synth" in selected:
@@ -54,7 +56,7 @@ def main() -> None:
             *NEWSREC, "eval", "--baseline", "random", "--baseline", "popularity", "--baseline", "category_profile",
             "--baseline", "oracle", *overrides],
     }
-    rows = []
+    rows, load_before = [], os.getloadavg()[0]
     for stage, command in stages.items():
         if stage not in selected:
             continue
@@ -65,23 +67,27 @@ def main() -> None:
     metrics_file = evaluated / "metrics.json"  # absent when only synth (or prepare) ran
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {"models": {}}
     sizes = {str(path): path.stat().st_size for path in raw.glob("*/*.tsv")}
-    write_results(args, rows, stats, metrics, sizes)
+    write_results(args, rows, stats, metrics, sizes, load_before)
 
 
-def write_results(args: argparse.Namespace, rows: list[dict], stats: dict, metrics: dict, sizes: dict) -> None:
+def write_results(args: argparse.Namespace, rows: list[dict], stats: dict, metrics: dict, sizes: dict,
+                  load_before: float) -> None:
     append_csv(args.out.with_suffix(".csv"), rows)
     auc = {name: round(groups["all"]["auc"], 4) for name, groups in metrics["models"].items()}
+    stages = [row["stage"] for row in rows]
+    command = f"python benchmarks/data_scale.py --scale {args.scale} --workdir {args.workdir}"
     append_section(args.out.with_suffix(".md"), f"scale `{args.scale}`",
-                   f"python benchmarks/data_scale.py --scale {args.scale} --workdir {args.workdir}", [
-        "Stages: " + ", ".join(row["stage"] for row in rows) + " (eval = random, popularity, "
-        "category_profile and the generator's oracle on the dev split).\n",
+                   command + ("" if args.stages == DEFAULT_STAGES else f" --stages {args.stages}"), [
+        "Stages: " + ", ".join(stages) + (" (eval = random, popularity, category_profile and the generator's "
+                                          "oracle on the dev split)" if "eval" in stages else "")
+        + f"; 1-minute load average before the run: {load_before:.2f} (2 cores).\n",
         "| stage | wall (s) | peak RSS (MiB) |", "|---|---:|---:|",
         *[f"| {row['stage']} | {row['wall_s']} | {row['peak_rss_mib']} |" for row in rows],
         "",
         f"Generated: {stats['users']:,} users, {stats['news']:,} news, {stats['impressions']:,} impressions, "
         f"{stats['clicks']:,} clicks ({stats['clicks_per_impression']:.3f}/impression), "
         f"{stats['candidates_per_impression']:.1f} candidates/impression; TSV bytes: "
-        f"{sum(sizes.values()) / 1e9:.2f} GB. Dev AUC: {auc}. Each planted signal alone (dev AUC): "
+        f"{sum(sizes.values()) / 1e9:.2f} GB." + (f" Dev AUC: {auc}." if auc else "") + " Each planted signal alone (dev AUC): "
         f"{ {name: round(value, 4) for name, value in stats['dev_signal_auc'].items()} }; {stats['stories']:,} stories, "
         f"history story continuation {stats['history_story_continuation_rate']:.3f}, home-region clicks "
         f"{stats['home_region_click_share']:.3f}, cold: {stats['cold']}.",
