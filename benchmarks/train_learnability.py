@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     prepared = make_planted(args.workdir / "data")
     variants = [(f"{name}{' ' + ' '.join(extra) if extra else ''}", [f"model={name}", *extra]) for name, extra in LEARNERS]
-    variants += [("plm_nr (last 10 clicks, 3 epochs)", ["model=plm_nr", "train.max_history=10", "train.epochs=3"]),
+    variants += [("plm_nr (last 10 clicks, 1 epoch)", ["model=plm_nr", "train.max_history=10", "train.epochs=1"]),
                  ("lecop (GloVe + Node2Vec news/w=2 vectors)", lecop_overrides(prepared, args.workdir))]
     rows = []
     for index, (label, overrides) in enumerate(variants):

@@ -18,6 +18,7 @@ from newsrec_dist.models.recommender import Recommender
 from newsrec_dist.models.scorers import CrossNetwork, PNNScorer
 from newsrec_dist.config import ScorerConfig
 from newsrec_dist.train.features import news_features, vector_source
+from newsrec_dist.train.module import parameter_groups
 from newsrec_dist.train.samples import (
     Clicks, PopularNews, SplitArrays, TrainBatches, draw_candidates, history_rows,
 )
@@ -235,3 +236,23 @@ def test_plm_lora_trains_only_the_adapters(tiny: tuple[Path, Path]) -> None:
     logits.sum().backward()
     grads = {name: p.grad for name, p in news.plm_top.named_parameters()}
     assert all((grads[name] is not None) == ("lora_" in name) for name in grads)
+
+
+def test_plm_top_layers_train_at_their_own_rate(tiny: tuple[Path, Path]) -> None:
+    """Adam's groups: the pretrained top layer at model.news.plm.lr, every new layer at train.lr, each parameter once."""
+    prepared, _ = tiny
+    catalog = load_catalog(prepared)
+    cfg = as_object(load_config(["model=plm_nr", "model.news.plm.lr=2e-5"]).model)
+    news, _ = news_features(catalog, prepared, cfg, seed=0)
+    model = Recommender(cfg, news, UserInputs(rows=2, trained=torch.tensor([False, True])), max_history=5)
+    groups = parameter_groups(model, lr=1e-3)
+    top = {id(p) for p in news.plm_top.parameters()}
+    assert [group["lr"] for group in groups] == [1e-3, 2e-5]
+    assert {id(p) for p in groups[1]["params"]} == top and not top & {id(p) for p in groups[0]["params"]}
+    assert sum(len(group["params"]) for group in groups) == len(list(model.parameters()))
+    before = [p.detach().clone() for p in groups[1]["params"]]
+    optimizer = torch.optim.Adam(groups)
+    model(torch.tensor([[1, 2, 0, 0, 0]]), torch.tensor([[3, 4]]), torch.tensor([1])).sum().backward()
+    optimizer.step()
+    steps = [float((p.detach() - b).abs().max()) for p, b in zip(groups[1]["params"], before)]
+    assert max(steps) <= 2e-5 * 1.01 and max(steps) > 1e-6  # Adam's first step moves a weight by at most its rate

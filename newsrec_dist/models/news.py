@@ -51,6 +51,7 @@ class PLMView(nn.Module):
         self.register_buffer("states", states, persistent=False)
         self.register_buffer("mask", mask, persistent=False)
         self.top, self.dropout = top, nn.Dropout(cfg.dropout)
+        self.top_lr = cfg.plm.lr  # the optimizer's rate for ``top`` (train.module.parameter_groups)
         self.pool = AdditiveAttention(states.shape[-1], cfg.attention_dim)
         self.project = nn.Linear(states.shape[-1], cfg.dim)
 
