@@ -80,7 +80,11 @@ def append_csv(path: Path, rows: list[dict]) -> None:
 
 
 def machine_line() -> str:
-    return f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}"
+    """The machine and its load average as the result is written (the benchmark's own work included: a figure
+    well above its own threads means something else ran beside it)."""
+    load = "/".join(f"{value:.2f}" for value in os.getloadavg())
+    return (f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}; "
+            f"load average (1/5/15 min) at the end: {load}")
 
 
 def append_section(path: Path, title: str, command: str, body: list[str]) -> None:
