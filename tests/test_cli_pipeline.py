@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import run
+from helpers import THREADS, run
 from safetensors.torch import load_file
 from typer.testing import CliRunner, Result
 
@@ -80,7 +80,10 @@ def test_quickstart_pipeline_end_to_end_and_rerun_skips(tmp_path: Path, ray_dir:
                 f"encoder.embed.ray.temp_dir={ray_dir}", "encoder.finetune.steps=4", "encoder.finetune.deepspeed=zero0",
                 f"generate.ray.temp_dir={ray_dir}", f"generate.cache_dir={tmp_path / 'llm-cache'}",
                 "generate.task.max_news=2", "generate.task.max_users=1", "generate.task.news_per_user=1",
-                "train.max_steps=12", "train.checkpoint_every_n_steps=6", "train.progress=false"]
+                "train.max_steps=12", "train.checkpoint_every_n_steps=6", "train.progress=false",
+                # the worker's share of the cores: the demo's 2 llama.cpp threads beside another test's work spin
+                # in their barriers (measured: 0.33 completion tokens/s instead of ~24; this test took 559 s)
+                f"generate.backend.threads={THREADS}", f"encoder.embed.actor_cpus={THREADS}"]
     first = newsrec("run", "experiment=quickstart", *settings, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     report = (work / "report.md").read_text()
