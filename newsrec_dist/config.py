@@ -208,7 +208,7 @@ class FinetuneConfig:
 
     steps: int = 40
     batch_size: int = 64  # pairs per optimiser step over all ranks (LECOP: 512)
-    chunk_size: int = 32  # rows per forward/backward chunk: bounds activation memory
+    chunk_size: int = 32  # rows per forward/backward chunk: bounds activation memory (all towers' rows in one: no cache)
     lr: float = 1.0e-3  # LECOP: 2e-4 at batch 512
     weight_decay: float = 0.0  # 0 makes AdamW plain Adam, as in LECOP
     warmup_steps: int = 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from newsrec_dist.config import EncoderModelConfig, LoraConfig
-from newsrec_dist.encoder.contrastive import cached_gradient_step, info_nce, replayed_rng
+from newsrec_dist.encoder.contrastive import contrastive_step, info_nce, replayed_rng
 from newsrec_dist.encoder.models import TextEncoder, load_backbone, model_dir, tokenize, with_lora
 from newsrec_dist.encoder.pairs import PairFileError, load_pairs, read_pair_file, subcategory_negatives
 from newsrec_dist.encoder.pooling import pool
@@ -46,10 +47,10 @@ def tiny_glm4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return model_dir(TINY_GLM4, tmp_path_factory.mktemp("models"))
 
 
-def _encoder(directory: Path, seed: int = 0) -> tuple[object, TextEncoder]:
+def _encoder(directory: Path, lora: LoraConfig = GLM_LORA) -> tuple[object, TextEncoder]:
     tokenizer, backbone = load_backbone(directory, TINY_GLM4)
-    torch.manual_seed(seed)
-    model = with_lora(backbone, GLM_LORA)
+    torch.manual_seed(0)
+    model = with_lora(backbone, lora)
     with torch.no_grad():  # LoRA B starts at zero; perturb it so every adapter weight gets a gradient
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -61,19 +62,43 @@ def _grads(encoder: TextEncoder) -> dict[str, torch.Tensor]:
     return {name: param.grad.clone() for name, param in encoder.named_parameters() if param.requires_grad}
 
 
-def test_gradient_cache_equals_full_batch_gradient(tiny_glm4: Path) -> None:
+# 12 pairs: chunks of 5 cache gradients; 24 rows fit one chunk, embedded once with their graphs
+@pytest.mark.parametrize("chunk_size", [5, 24])
+def test_contrastive_step_equals_full_batch_gradient(tiny_glm4: Path, chunk_size: int) -> None:
     tokenizer, encoder = _encoder(tiny_glm4)
     queries, positives = tokenize(tokenizer, TEXTS, TINY_GLM4), tokenize(tokenizer, TEXTS[::-1], TINY_GLM4)
     info_nce(encoder(**queries), encoder(**positives), 0.05).backward()
     full = _grads(encoder)
     encoder.zero_grad()
-    loss = cached_gradient_step(lambda batch: encoder(**batch), [queries, positives],
-                                lambda q, p: info_nce(q, p, 0.05), chunk_size=5, backward=lambda s: s.backward())
+    calls: list[float] = []
+    loss = contrastive_step(lambda batch: encoder(**batch), [queries, positives], lambda q, p: info_nce(q, p, 0.05),
+                            chunk_size=chunk_size, backward=lambda s: (calls.append(1), s.backward()))
+    assert len(calls) == 2 * -(-len(TEXTS) // min(chunk_size, len(TEXTS)))  # one backward per chunk of each tower
     cached = _grads(encoder)
     assert loss == pytest.approx(info_nce(encoder(**queries), encoder(**positives), 0.05).item(), rel=1e-5)
     assert any("gate_up_proj" in name for name in cached)
     for name in full:
         assert torch.allclose(full[name], cached[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_one_chunk_per_tower_steps_with_the_cached_passs_dropout_masks(tiny_glm4: Path) -> None:
+    """With dropout, the direct step (24 rows ≤ chunk 24) equals the cached one with a chunk per tower (12)."""
+    tokenizer, _ = _encoder(tiny_glm4)
+    towers = [tokenize(tokenizer, TEXTS, TINY_GLM4), tokenize(tokenizer, TEXTS[::-1], TINY_GLM4)]
+    grads = []
+    for chunk_size in (12, 24):
+        _, encoder = _encoder(tiny_glm4, replace(GLM_LORA, dropout=0.3))
+        encoder.train()
+        torch.manual_seed(5)
+        contrastive_step(lambda batch: encoder(**batch), towers, lambda q, p: info_nce(q, p, 0.05),
+                         chunk_size=chunk_size, backward=lambda s: s.backward())
+        grads.append(_grads(encoder))
+    _, without_dropout = _encoder(tiny_glm4)
+    contrastive_step(lambda batch: without_dropout(**batch), towers, lambda q, p: info_nce(q, p, 0.05),
+                     chunk_size=24, backward=lambda s: s.backward())
+    assert any(not torch.allclose(grad, _grads(without_dropout)[name]) for name, grad in grads[0].items())
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4), name
 
 
 def test_replayed_rng_repeats_dropout_masks() -> None:
@@ -91,18 +116,21 @@ def _rank_gradients(rank: int, world: int, port: int, model_path: str, out: str)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    tokenizer, encoder = _encoder(Path(model_path))
     share = len(TEXTS) // world
     mine = slice(rank * share, (rank + 1) * share)
-    towers = [tokenize(tokenizer, TEXTS[mine], TINY_GLM4), tokenize(tokenizer, TEXTS[::-1][mine], TINY_GLM4)]
-    cached_gradient_step(lambda batch: encoder(**batch), towers, lambda q, p: info_nce(q, p, 0.05), chunk_size=4,
-                         backward=lambda s: s.backward())
-    for param in encoder.parameters():  # what DeepSpeed's data parallelism does: average over ranks
-        if param.requires_grad:
-            dist.all_reduce(param.grad)
-            param.grad /= world
+    results = {}
+    for chunk_size in (4, 2 * share):  # gradients cached in chunks; this rank's 2 × 6 rows in one chunk
+        tokenizer, encoder = _encoder(Path(model_path))
+        towers = [tokenize(tokenizer, TEXTS[mine], TINY_GLM4), tokenize(tokenizer, TEXTS[::-1][mine], TINY_GLM4)]
+        contrastive_step(lambda batch: encoder(**batch), towers, lambda q, p: info_nce(q, p, 0.05),
+                         chunk_size=chunk_size, backward=lambda s: s.backward())
+        for param in encoder.parameters():  # what DeepSpeed's data parallelism does: average over ranks
+            if param.requires_grad:
+                dist.all_reduce(param.grad)
+                param.grad /= world
+        results.update({f"{chunk_size}/{name}": grad for name, grad in _grads(encoder).items()})
     if rank == 0:
-        torch.save(_grads(encoder), out)
+        torch.save(results, out)
     dist.destroy_process_group()
 
 
@@ -116,8 +144,9 @@ def test_two_ranks_see_each_others_negatives(tiny_glm4: Path, tmp_path: Path) ->
     tokenizer, encoder = _encoder(tiny_glm4)
     queries, positives = tokenize(tokenizer, TEXTS, TINY_GLM4), tokenize(tokenizer, TEXTS[::-1], TINY_GLM4)
     info_nce(encoder(**queries), encoder(**positives), 0.05).backward()
-    for name, grad in _grads(encoder).items():
-        assert torch.allclose(grad, distributed[name], atol=1e-6, rtol=1e-4), name
+    for chunk_size in (4, len(TEXTS)):
+        for name, grad in _grads(encoder).items():
+            assert torch.allclose(grad, distributed[f"{chunk_size}/{name}"], atol=1e-6, rtol=1e-4), (chunk_size, name)
 
 
 def test_pooling_reads_the_last_real_token_on_either_padding_side() -> None:

@@ -34,10 +34,25 @@ def distributed_env(device: torch.device) -> dict[str, str]:
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     if device.type == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
-    # DeepSpeed JIT-compiles its CPU comm op on first use (~1 min): build it once per machine.
-    cache = os.environ.get("NEWSREC_CACHE", str(Path.home() / ".cache" / "newsrec"))
-    env["TORCH_EXTENSIONS_DIR"] = str(Path(cache) / "torch_extensions")
+    env["TORCH_EXTENSIONS_DIR"] = str(_extensions_dir())
     return env
+
+
+def _extensions_dir() -> Path:
+    """Where DeepSpeed's JIT-compiled ops live: built once per machine and virtual environment."""
+    return Path(os.environ.get("NEWSREC_CACHE", str(Path.home() / ".cache" / "newsrec"))) / "torch_extensions"
+
+
+def build_cpu_ops() -> None:
+    """Compile DeepSpeed's CPU communication op now (``make bootstrap``), not in the first CPU fine-tuning run.
+
+    DeepSpeed builds it when its CPU backend starts (~1 min on 2 cores, C++); a later build is a no-op.
+    """
+    os.environ.update(DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=str(_extensions_dir()))
+    from deepspeed.comm.torch import build_shm_op
+
+    if build_shm_op() is None:
+        raise RuntimeError("DeepSpeed reports its CPU communication op incompatible with this machine")
 
 
 @contextmanager

@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from newsrec_dist.config import EncoderConfig, FinetuneConfig, conf_dir
 from newsrec_dist.embed.node2vec import resolve_device
-from newsrec_dist.encoder.contrastive import cached_gradient_step, info_nce
+from newsrec_dist.encoder.contrastive import contrastive_step, info_nce
 from newsrec_dist.encoder.distributed import process_group
 from newsrec_dist.encoder.models import TextEncoder, encode_texts, load_backbone, model_dir, tokenize, with_lora
 from newsrec_dist.encoder.pairs import Pairs, load_pairs
@@ -50,14 +50,15 @@ def deepspeed_json(name: str) -> dict[str, Any]:
 def engine_config(base: dict[str, Any], ft: FinetuneConfig, towers: int, world: int, bf16: bool) -> dict[str, Any]:
     """Fill the batch bookkeeping: every chunk's backward is one DeepSpeed micro-step.
 
-    Gradient caching calls ``backward`` once per chunk of every tower, so a step is
+    ``contrastive_step`` calls ``backward`` once per chunk of every tower, so a step is
     ``towers × ceil(local rows / chunk)`` micro-steps; DeepSpeed reduces and steps the optimiser after
     the last one. Its sample counters therefore count tower rows, not pairs.
     """
     local_rows = ft.batch_size // world
-    micro_steps = towers * math.ceil(local_rows / ft.chunk_size)
-    config = {**base, "train_micro_batch_size_per_gpu": ft.chunk_size, "gradient_accumulation_steps": micro_steps,
-              "train_batch_size": ft.chunk_size * micro_steps * world}
+    micro_rows = min(ft.chunk_size, local_rows)
+    micro_steps = towers * math.ceil(local_rows / micro_rows)
+    config = {**base, "train_micro_batch_size_per_gpu": micro_rows, "gradient_accumulation_steps": micro_steps,
+              "train_batch_size": micro_rows * micro_steps * world}
     if config.get("bf16", {}).get("enabled") == "auto":
         config["bf16"] = {**config["bf16"], "enabled": bf16}
     return config
@@ -188,7 +189,7 @@ def _train_loop(engine: Any, tokenizer: Any, pairs: Pairs, cfg: EncoderConfig, s
             rows = pairs.train.iloc[batch_rows(len(pairs.train), ft.batch_size, step, ft.seed)[rank * local:(rank + 1) * local]]
             towers = _towers(tokenizer, rows, cfg, engine.device)
             tokens += sum(int(tower["attention_mask"].sum()) for tower in towers)
-            losses.append(cached_gradient_step(lambda batch: engine(**batch), towers, loss_fn, ft.chunk_size, backward))
+            losses.append(contrastive_step(lambda batch: engine(**batch), towers, loss_fn, ft.chunk_size, backward))
             if (step + 1) % ft.checkpoint_every == 0 or step + 1 == ft.steps:
                 _checkpoint(engine, work_path / CHECKPOINT_DIR, step + 1, losses, rank)
             advance(1)
