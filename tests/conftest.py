@@ -79,6 +79,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def micro(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The prepared micro generated dataset (500 news): for stages whose cost grows with the catalogue."""
+    root = tmp_path_factory.mktemp("micro")
+    generate(SynthConfig(scale="micro"), root / "raw", show_progress=False)
+    prepare(root / "raw", root / "prepared", ["train", "dev"], show_progress=False)
+    return root / "prepared"
+
+
+@pytest.fixture(scope="session")
 def tiny_graphs(tiny: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, local_spark: SparkConfig) -> Path:
     """Graphs artifact (windows 2 and 3, unpruned) of the tiny dataset."""
     prepared, keywords = tiny

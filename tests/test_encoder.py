@@ -113,9 +113,8 @@ def test_ranks_zero3_and_checkpointing_train_the_same_adapter_as_one_process(tin
             assert torch.allclose(adapter[key], reference[key], atol=1e-5), (name, key)
 
 
-def test_embed_with_ray_data_resumes_and_matches_direct_encoding(tiny: tuple[Path, Path], tmp_path: Path,
-                                                                  ray_dir: str) -> None:
-    prepared, _ = tiny
+def test_embed_with_ray_data_resumes_and_matches_direct_encoding(micro: Path, tmp_path: Path, ray_dir: str) -> None:
+    prepared = micro  # 500 news, two parts of 256
     overrides = ["encoder.embed.use_adapter=false", "encoder.embed.rows_per_part=256", "encoder.embed.batch_size=64",
                  "encoder.embed.actor_cpus=1", f"encoder.embed.ray.temp_dir={ray_dir}"]
     command = [sys.executable, "-m", "newsrec_dist.cli", "encoder", "embed", "--quiet", f"paths.work_dir={tmp_path}",

@@ -187,7 +187,8 @@ def _cli(work: Path, prepared: Path, cache: Path, ray_dir: str, *settings: str) 
 def test_kill_and_resume_loses_and_duplicates_no_row(tiny: tuple[Path, Path], tmp_path: Path, ray_dir: str,
                                                      local_ray: None) -> None:
     prepared, _ = tiny
-    settings = ("generate.task.max_news=8",)
+    rows = 4  # one part per row: the kill lands after the first
+    settings = (f"generate.task.max_news={rows}",)
     parts = tmp_path / "killed" / "generate" / ".partial-summarize" / PARTS_DIR
     kill_when(_cli(tmp_path / "killed", prepared, tmp_path / "cache", ray_dir, *settings),
               lambda: any(parts.glob("part-*.parquet")))
@@ -200,10 +201,10 @@ def test_kill_and_resume_loses_and_duplicates_no_row(tiny: tuple[Path, Path], tm
                    prepared, ["train", "dev"])
     a = pq.read_table(tmp_path / "killed" / "generate" / "summarize" / "results.parquet")
     b = pq.read_table(tmp_path / "straight" / "generate" / "summarize" / "results.parquet")
-    assert 1 <= kept < 8 and a["row_id"].to_pylist() == b["row_id"].to_pylist()
+    assert 1 <= kept < rows and a["row_id"].to_pylist() == b["row_id"].to_pylist()
     assert len(set(a["row_id"].to_pylist())) == a.num_rows and a["answer"].to_pylist() == b["answer"].to_pylist()
     cost = json.loads((tmp_path / "killed" / "generate" / "summarize" / "cost.json").read_text())
-    assert cost["ok"] + cost["failed"] == 8
+    assert cost["ok"] + cost["failed"] == rows
 
 
 def test_budget_stops_cleanly_and_a_larger_budget_continues(tiny: tuple[Path, Path], tmp_path: Path,
