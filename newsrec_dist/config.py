@@ -128,7 +128,10 @@ class SparkConfig:
 class GraphsConfig:
     windows: list[int] = field(default_factory=lambda: [2, 3])
     min_weight: int = 1
-    top_k: int | None = None
+    top_k: int | None = None  # news-ID graphs: keep an edge among the k heaviest of either endpoint; None: all
+    # keyword graphs: the same rule, on by default: unpruned, a few frequent keywords link to nearly every other
+    # (v2 small, w=2: mean degree 714 of 2,210 nodes) and Node2Vec's walks learn nothing from them
+    keyword_graph_top_k: int | None = 20
     split: str = "train"
     keywords_top_k: int = 5
     output_dir: str = "${paths.work_dir}/graphs"
@@ -165,7 +168,9 @@ class Node2VecConfig:
     lr: float = 0.025
     init_std: float | None = 0.1  # None keeps PyG's N(0, 1) initialisation (slow to converge)
     sparse: bool = True  # sparse embedding gradients + SparseAdam (PyG's recommended setup)
-    edge_weights: str = "multiplicity"  # none | multiplicity | log1p: how weights bias the walks
+    edge_weights: str = "log1p"  # none | multiplicity | log1p: how weights bias the walks (log: heavy edges
+    # lead without drowning the rest)
+    min_loss_drop: float = 0.01  # fail when the last epoch's loss is within this share of the untrained loss
     max_multiplicity: int = 8
     min_weight: int = 1
     device: str = "cpu"  # cpu | cuda | auto
@@ -343,6 +348,8 @@ class NewsViewConfig:
     text_encoder: str = "attention"  # text: attention (NRMS) | cnn (NAML, LSTUR)
     # vectors: embedding artifacts (keyed Parquet); keys are news ids, or keywords averaged over each news item's keywords
     sources: list[str] = field(default_factory=list)
+    # vectors: each source projected to news.dim and layer-normalised, then add (LECOP) | concat (+ linear) | attention
+    fusion: str = "add"
 
 
 @dataclass
@@ -461,9 +468,19 @@ class RayTrainConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop when the dev metric (AUC; NDCG for graph recommenders) has not improved by ``min_delta`` for
+    ``patience`` epochs; the best epoch's weights are the ones exported and evaluated."""
+
+    patience: int | None = 2  # None: run every epoch of ``train.epochs``
+    min_delta: float = 0.0
+
+
+@dataclass
 class TrainConfig:
     models: list[str] = field(default_factory=lambda: ["nrms"])  # what the pipeline's train stage runs
-    epochs: int = 3
+    epochs: int = 20  # the most epochs; early stopping on dev ends a run when it stops improving
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     max_steps: int = -1
     batch_size: int = 64
     lr: float = 1.0e-3
@@ -545,6 +562,17 @@ class VariantConfig:
 
 
 @dataclass
+class ClaimConfig:
+    """A claim of the paper an ablation reproduces: ``variant`` beats ``over`` (default: the ablation's baseline)
+    on ``metric``. The report reads it against the seeds' mean difference and the paired test."""
+
+    text: str = ""
+    variant: str = ""
+    over: str | None = None
+    metric: str = "auc"
+
+
+@dataclass
 class AblationConfig:
     """A table of the report: every variant (for every model in ``models``) trained and evaluated alike."""
 
@@ -553,6 +581,7 @@ class AblationConfig:
     baseline: str | None = None  # the variant gains and cost per gain are measured against
     models: list[str] = field(default_factory=list)  # non-empty: each variant is run with each of these models
     variants: list[VariantConfig] = field(default_factory=list)
+    claims: list[ClaimConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -565,6 +594,9 @@ class RootConfig:
     experiment_name: str = "default"
     budget: str = "full"  # conf/budget/<name>.yaml sets it: full | small | demo
     seed: int = 42
+    # every model and ablation arm trains once per seed (train.seed); empty: once, at train.seed
+    seeds: list[int] = field(default_factory=list)
+    significance_level: float = 0.05  # the paired tests' threshold in the report's reading of the claims
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

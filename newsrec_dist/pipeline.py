@@ -114,18 +114,32 @@ def stage_generate(state: RunState) -> None:
 
 @dataclass(frozen=True)
 class TrainJob:
-    """One training run of the train stage: a model of ``train.models`` or one arm of an ablation."""
+    """One training run of the train stage: a model of ``train.models`` or one arm of an ablation, at one seed."""
 
     name: str  # the run directory under ``train.output_dir``
     model: str
     settings: dict[str, Any]
     ablation: str | None = None
     variant: str | None = None
+    seed: int | None = None  # None: ``train.seed`` as configured (no ``seeds`` list)
+
+
+def _seeded(name: str, model: str, settings: dict[str, Any], seeds: list[int], ablation: str | None = None,
+            variant: str | None = None) -> list[TrainJob]:
+    """The run once per seed (``<name>.seed<N>`` with ``train.seed=N``), or once as configured without seeds."""
+    if not seeds:
+        return [TrainJob(name, model, {**settings, "model.name": name}, ablation, variant)]
+    return [TrainJob(f"{name}.seed{seed}", model, {**settings, "model.name": f"{name}.seed{seed}", "train.seed": seed},
+                     ablation, variant, seed) for seed in seeds]
 
 
 def train_jobs(cfg: DictConfig) -> list[TrainJob]:
-    """``train.models``, then every ablation variant (crossed with the ablation's ``models`` when it has them)."""
-    jobs = [TrainJob(name, name, {}) for name in cfg.train.models]
+    """``train.models``, then every ablation variant (crossed with the ablation's ``models`` when it has them),
+    each once per seed of ``seeds``."""
+    seeds = list(cfg.seeds)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    jobs = [job for name in cfg.train.models for job in _seeded(name, name, {}, seeds)]
     for ablation in cfg.ablations:
         for variant in ablation.variants:
             if ablation.models and variant.model:
@@ -133,7 +147,7 @@ def train_jobs(cfg: DictConfig) -> list[TrainJob]:
                                  f"ablation runs every variant with each of {list(ablation.models)}")
             for model in ablation.models or [variant.model or cfg.model.name]:
                 name = f"{ablation.name}.{model}.{variant.name}" if ablation.models else f"{ablation.name}.{variant.name}"
-                jobs.append(TrainJob(name, model, {**variant.set, "model.name": name}, ablation.name, variant.name))
+                jobs += _seeded(name, model, dict(variant.set), seeds, ablation.name, variant.name)
     return jobs
 
 
@@ -144,7 +158,8 @@ def stage_train(state: RunState) -> None:
     summaries: dict[str, Any] = {}
     arms: dict[str, list[dict[str, str]]] = {}
     trained: dict[str, str] = {}  # run fingerprint → the first run name with it: equal arms train once
-    for job in train_jobs(state.cfg):
+    jobs = train_jobs(state.cfg)
+    for job in jobs:
         cfg = with_variant(state.cfg, job.model, job.settings)
         run = plan(cfg)
         fingerprint = run.fingerprint
@@ -156,8 +171,10 @@ def stage_train(state: RunState) -> None:
             summaries[job.name] = train_model(cfg, _bars, run)
             trained[fingerprint] = job.name
         if job.ablation is not None:
-            arms.setdefault(job.ablation, []).append({"variant": job.variant, "model": job.model, "run": job.name})
+            arms.setdefault(job.ablation, []).append({"variant": job.variant, "model": job.model, "run": job.name,
+                                                      "seed": job.seed})
     state.outputs["train"] = summaries
+    state.outputs["model_runs"] = [job.name for job in jobs if job.ablation is None]
     state.outputs["ablations"] = arms
 
 

@@ -52,14 +52,18 @@ def test_config_composes_quickstart_with_typed_overrides() -> None:
         load_config(["experiment=nonexistent"])
 
 
-@pytest.mark.parametrize(("experiment", "runs"), [("quickstart", 5), ("lecop", 11), ("popk", 5), ("genre", 40), ("pfr", 4)])
+@pytest.mark.parametrize(("experiment", "runs"), [("quickstart", 5), ("lecop", 14 * 3), ("popk", 5 * 3),
+                                                   ("genre", 40 * 3), ("pfr", 4 * 3)])
 def test_experiments_compose_and_every_ablation_arm_applies(experiment: str, runs: int) -> None:
     cfg = load_config([f"experiment={experiment}"])
     jobs = train_jobs(cfg)
     assert len({job.name for job in jobs}) == len(jobs) == runs
+    seeds = list(cfg.seeds) or [None]  # the experiments' arms run once per seed, the quickstart once
+    assert sorted({job.seed for job in jobs}, key=str) == sorted(seeds, key=str)
     for job in jobs:
         arm = with_variant(cfg, job.model, job.settings)  # a misspelt key or a wrong type fails here
         assert arm.model.name == job.name
+        assert arm.train.seed == (job.seed if job.seed is not None else cfg.train.seed)
         assert all(source.startswith(cfg.paths.work_dir) for view in arm.model.news.views for source in view.sources)
 
 

@@ -125,7 +125,8 @@ def test_documented_command_composes_and_keeps_chosen_presets(where: str, comman
 
 # (command, values it must compose to): the precedence of docs/pipeline.md, case by case.
 PRECEDENCE = [
-    ("config", {"budget": "full", "train.max_steps": -1, "train.epochs": 3, "node2vec.epochs": 5,
+    ("config", {"budget": "full", "train.max_steps": -1, "train.epochs": 20, "train.early_stopping.patience": 2,
+                "seeds": [], "node2vec.epochs": 5,
                 "node2vec.walks_per_node": 10, "encoder.finetune.steps": 40, "generate.task.max_news": None,
                 "stages": []}),
     ("config encoder=glm4_9b", {"encoder.finetune.steps": 2000, "encoder.finetune.batch_size": 512}),
@@ -143,7 +144,8 @@ PRECEDENCE = [
     ("config experiment=lecop data=mind", {"budget": "full", "train.max_steps": -1, "encoder.finetune.steps": 40,
                                            "node2vec.epochs": 5, "generate.task.max_news": None,
                                            "data.name": "mind-small"}),
-    ("config experiment=lecop budget=small", {"train.epochs": 1, "train.max_steps": -1, "node2vec.epochs": 2}),
+    ("config experiment=lecop budget=small", {"train.epochs": 20, "train.early_stopping.patience": 2,
+                                              "train.max_steps": -1, "node2vec.epochs": 2, "seeds": [1, 2, 3]}),
     ("config experiment=popk experiment=null", {"experiment_name": "default", "stages": []}),
     ("encoder finetune --steps 9 encoder=glm4_9b", {"encoder.finetune.steps": 9, "encoder.finetune.batch_size": 512}),
     ("data prepare --scale tiny", {"data.name": "synth-tiny", "data.raw_dir": "runs/default/raw/synth-tiny"}),

@@ -17,6 +17,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from newsrec_dist.config import GraphsConfig, SparkConfig
+from newsrec_dist.data.prepare import read_behaviors
 from newsrec_dist.data.schema import BEHAVIORS_SCHEMA
 from newsrec_dist.graphs import reference, spark_job
 from newsrec_dist.graphs.build import build_graphs
@@ -81,18 +82,17 @@ def write_prepared(root: Path, news_ids: list[str], rows: list[tuple]) -> Path:
 
 
 def test_hand_cases_sequences_and_edges(spark: SparkSession, tmp_path: Path) -> None:
-    """Empty history, a single click, unknown ids, repeats, and a later row's history being ignored."""
+    """Empty history, repeats, unknown ids, a later row's history ignored, and clicked candidates never used."""
     rows = [
-        (2, "U1", 9, ["N1", "N2"], [("N3", 1), ("N4", 0), ("N3", 1)]),  # earliest row of U1
+        (2, "U1", 9, ["N1", "N2", "N3", "N3", "N1"], [("N4", 1), ("N5", 0), ("N5", 1)]),  # earliest row of U1
         (1, "U1", 10, ["N9"], [("N3", 1), ("N1", 1)]),  # later: its history is ignored
-        (3, "U2", 8, [], [("N4", 1)]),  # single click, empty history
-        (4, "U3", 8, ["N2", "N2", "N77"], [("N5", 0)]),  # no clicks; N77 absent from news
+        (3, "U2", 8, [], [("N4", 1)]),  # empty history: an empty sequence, whatever it clicked
+        (4, "U3", 8, ["N2", "N2", "N77"], [("N5", 0)]),  # N77 absent from news
     ]
-    prepared = write_prepared(tmp_path, ["N1", "N2", "N3", "N4", "N5"], rows)
     sequences = click_sequences(prepared, pa.array(["N1", "N2", "N3", "N4", "N5"]))
     as_keys = {user: sequences.news_keys[sequences.items[a:b]].tolist()
                for user, a, b in zip(range(3), sequences.offsets[:-1], sequences.offsets[1:])}
-    assert sorted(as_keys.values()) == sorted([["N1", "N2", "N3", "N1"], ["N4"], ["N2", "N77"]])
+    assert sorted(as_keys.values()) == sorted([["N1", "N2", "N3", "N1"], [], ["N2", "N77"]])
     assert reference.news_graph(sequences, 2).values.tolist() == [
         ["N1", "N2", 1], ["N1", "N3", 1], ["N2", "N3", 1], ["N2", "N77", 1]]
     # w=3 adds distance-2 pairs of N1 N2 N3 N1: (N1, N3) and (N2, N1).
@@ -101,22 +101,22 @@ def test_hand_cases_sequences_and_edges(spark: SparkSession, tmp_path: Path) -> 
     behaviors = spark.read.parquet(str(prepared / "behaviors"))
     spark_sequences = spark_job.click_sequences(behaviors)
     got = {row["user_id"]: row["seq"] for row in spark_sequences.collect()}
-    assert got == {"U1": ["N1", "N2", "N3", "N1"], "U2": ["N4"], "U3": ["N2", "N77"]}
+    assert got == {"U1": ["N1", "N2", "N3", "N1"], "U2": [], "U3": ["N2", "N77"]}
     for window in (2, 3):
         assert_same_edges(spark_job.news_graph(spark_sequences, window).toPandas(),
                           reference.news_graph(sequences, window))
 
 
 def test_keyword_graphs_hand_case(spark: SparkSession, tmp_path: Path) -> None:
-    rows = [(1, "U1", 9, [], [("N1", 1), ("N2", 1)]), (2, "U2", 9, [], [("N1", 1)])]
+    rows = [(1, "U1", 9, ["N1", "N2"], [("N2", 1)]), (2, "U2", 9, ["N1"], [("N2", 1), ("N1", 0)])]
     prepared = write_prepared(tmp_path, ["N1", "N2"], rows)
     keywords = pa.table({"news_id": ["N1", "N2"], "keywords": [["cup", "goal", "cup"], ["goal", "vote"]]})
     sequences = click_sequences(prepared, pa.array(["N1", "N2"]))
     index = keyword_index(keywords, sequences.news_keys)
-    # N1-N2 co-clicked once: cross pairs cup-goal, cup-vote, goal-vote (goal-goal is a self pair).
+    # N1-N2 co-read once (U1's history; clicked candidates do not count): cross pairs cup-goal, cup-vote, goal-vote (goal-goal is a self pair).
     assert reference.item_item_keyword_graph(sequences, index, 2).values.tolist() == [
         ["cup", "goal", 1], ["cup", "vote", 1], ["goal", "vote", 1]]
-    # N1 clicked twice (cup-goal weight 2), N2 once (goal-vote weight 1).
+    # N1 in two histories (cup-goal weight 2), N2 in one (goal-vote weight 1).
     assert reference.intra_item_keyword_graph(sequences, index).values.tolist() == [
         ["cup", "goal", 2], ["goal", "vote", 1]]
     pq.write_table(keywords, tmp_path / "keywords.parquet")
@@ -127,6 +127,32 @@ def test_keyword_graphs_hand_case(spark: SparkSession, tmp_path: Path) -> None:
     news_edges = spark_job.news_graph(spark_sequences, 2)
     assert_same_edges(spark_job.item_item_keyword_graph(news_edges, spark_keywords).toPandas(),
                       reference.item_item_keyword_graph(sequences, index, 2))
+
+
+def test_no_training_label_reaches_a_graph(spark: SparkSession, tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """The graphs are features of the news the recommenders train on: relabelling every training impression
+    (each click moved to another candidate) changes no sequence and no edge, in the Spark job and the reference."""
+    prepared, keywords_path = tiny
+    train = read_behaviors(prepared, "train")
+    rng = np.random.default_rng(7)
+    relabelled = pa.array([rng.permutation(labels).tolist() for labels in train["labels"].to_pylist()],
+                          train.schema.field("labels").type)
+    moved = sum(a != b for a, b in zip(relabelled.to_pylist(), train["labels"].to_pylist()))
+    assert moved > len(train) // 4  # the permutation really moved clicks
+    other = tmp_path / "relabelled"
+    (other / "behaviors" / "split=train").mkdir(parents=True)
+    pq.write_table(train.set_column(train.schema.get_field_index("labels"), "labels", relabelled),
+                   other / "behaviors" / "split=train" / "part-0.parquet")
+    pq.write_table(pq.read_table(prepared / "news.parquet"), other / "news.parquet")
+    news_ids = pq.read_table(prepared / "news.parquet")["news_id"].combine_chunks()
+    ours, theirs = click_sequences(prepared, news_ids), click_sequences(other, news_ids)
+    assert np.array_equal(ours.items, theirs.items) and np.array_equal(ours.offsets, theirs.offsets)
+    for root in (prepared, other):
+        sequences, keywords = spark_inputs(spark, root, keywords_path)
+        assert_same_edges(spark_job.news_graph(sequences, 3).toPandas(), reference.news_graph(ours, 3))
+        assert_same_edges(spark_job.intra_item_keyword_graph(sequences, keywords).toPandas(),
+                          reference.intra_item_keyword_graph(ours, keyword_index(pq.read_table(keywords_path),
+                                                                                 ours.news_keys)))
 
 
 @pytest.mark.parametrize(("min_weight", "top_k"), [(1, None), (2, None), (1, 1), (1, 3), (2, 2)])

@@ -201,6 +201,34 @@ def test_keyword_vectors_average_each_news_items_keywords(tiny: tuple[Path, Path
     assert vectors[1:11].sum() == 20 and vectors[11:].sum() == 0
 
 
+@pytest.mark.parametrize("fusion", ["add", "concat", "attention"])
+def test_vector_fusion_normalises_each_source_and_learns_an_unseen_vector(fusion: str) -> None:
+    """Sources of very different scales weigh alike after their layer norm; a news a source has no vector for (an
+    all-zero row) gets that source's learned unseen vector, shared by every such news and trained by the loss."""
+    from newsrec_dist.models.news import VectorsView
+
+    torch.manual_seed(0)
+    llm, graph = torch.randn(6, 8) * 1000.0, torch.randn(6, 4) * 0.001  # rows 0..5; row 0 is padding
+    graph[[3, 4]] = 0.0  # news 3 and 4 never read before the graphs' cut
+    cfg = as_object(load_config(["model=lecop"]).model).news
+    cfg.dim = 16
+    view = VectorsView([llm, graph], fusion, cfg)
+    per_source = view.source_vectors(torch.arange(1, 6))
+    norms = per_source[[0, 1, 4], :, :].norm(dim=-1)  # found in both sources: same norm (sqrt(dim)) despite scale
+    torch.testing.assert_close(norms, torch.full_like(norms, 16 ** 0.5), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(per_source[2, 1], per_source[3, 1])  # news 3 and 4: the graph's unseen vector
+    torch.testing.assert_close(per_source[2, 1], view.unseen[1].detach())
+    assert not torch.equal(per_source[2, 0], per_source[3, 0])  # their LLM vectors still differ
+    view(torch.tensor([3, 4])).sum().backward()
+    assert view.unseen.grad[1].abs().sum() > 0 and view.unseen.grad[0].abs().sum() == 0
+    out = view(torch.tensor([[1, 2], [3, 5]]))
+    assert out.shape == (2, 2, 16)
+    if fusion == "add":
+        torch.testing.assert_close(out[0, 0], per_source[0].sum(0))
+    with pytest.raises(ValueError, match="fusion must be add, concat or attention"):
+        VectorsView([llm], "sum", cfg)
+
+
 def test_plm_top_layers_on_cached_states_equal_the_full_model(tiny: tuple[Path, Path]) -> None:
     from transformers import AutoModel, AutoTokenizer
 

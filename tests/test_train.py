@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from helpers import THREADS, kill_when, run
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from planted import LEARNERS, LSTUR_RESUME, floor, lecop_overrides, make_planted, oracle_share, overrides, train
 
+from newsrec_dist.cli import app
 from newsrec_dist.config import SparkConfig, SynthConfig, as_object, load_config
+from newsrec_dist.eval.significance import paired_t_test, read_per_impression, seed_average, verdict
 from newsrec_dist.generate.stage import run_generation
 from newsrec_dist.graphs.artifact import node_keys
 
@@ -138,6 +144,48 @@ def test_finished_run_is_reused_and_bad_settings_fail_clearly(tiny: tuple[Path, 
             train(prepared, tmp_path / "bad", "train.epochs=1", bad)
     result = run([sys.executable, "-m", "newsrec_dist.cli", "train", "train.epochs=many"])
     assert result.returncode == 2 and "train.epochs" in result.stdout
+
+
+def test_seeds_early_stopping_and_paired_tests_through_the_cli(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """An ablation of two arms × two seeds through `newsrec run`: one run per seed at its own train.seed, each
+    stopped once dev AUC stalls for `patience` epochs and exported from its best epoch, and a report whose mean ±
+    std, Δ and p come from the runs' per-impression files."""
+    prepared, _ = tiny
+    ablation = ("ablations=[{name: rate, baseline: low, variants: [{name: low, model: nrms}, "
+                "{name: high, model: nrms, set: {train.lr: 0.03}}], "
+                "claims: [{text: 'a higher rate ranks better', variant: high}]}]")
+    settings = [setting for setting in overrides(prepared, tmp_path / "train") if not setting.startswith("train.epochs")]
+    result = CliRunner().invoke(app, ["run", *settings, "stages=[train,report]", "train.models=[]", ablation,
+                                      "seeds=[1,2]", "train.epochs=8", "train.early_stopping.patience=1",
+                                      "model.news.dim=32", "train.max_history=10"])
+    assert result.exit_code == 0, result.output
+    stopped = 0
+    for variant, seed in itertools.product(("low", "high"), (1, 2)):
+        run_dir = tmp_path / "train" / f"rate.{variant}.seed{seed}"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["seed"] == seed
+        aucs = [epoch["val_auc"] for epoch in summary["epochs"]]
+        best = int(np.argmax(aucs))
+        assert summary["best_epoch"] == best  # restored: the exported weights are the best epoch's
+        assert summary["metrics"]["all"]["auc"] == pytest.approx(aucs[best], abs=1e-6)
+        if summary["stopped_early"]:  # patience 1: the epoch after the best one did not improve, and it stopped
+            assert len(aucs) == best + 2 < 8
+            stopped += 1
+        else:
+            assert len(aucs) == 8
+    assert stopped >= 1
+    first, second = (json.loads((tmp_path / "train" / f"rate.low.seed{seed}" / "summary.json").read_text())
+                     for seed in (1, 2))
+    assert first["metrics"]["all"]["auc"] != second["metrics"]["all"]["auc"]  # the seeds really differ
+    per_arm = {variant: seed_average([read_per_impression(tmp_path / "train" / f"rate.{variant}.seed{seed}")
+                                      for seed in (1, 2)]) for variant in ("low", "high")}
+    test = paired_t_test(per_arm["high"]["auc"], per_arm["low"]["auc"])
+    seeds = [json.loads((tmp_path / "train" / f"rate.low.seed{seed}" / "summary.json").read_text())
+             ["metrics"]["all"]["auc"] for seed in (1, 2)]
+    report = (tmp_path / "report.md").read_text()
+    assert f"| low | 2 | {np.mean(seeds):.4f} ± {np.std(seeds, ddof=1):.4f} |" in report
+    assert f"{test.mean_difference:+.4f} [{test.ci_low:+.4f}, {test.ci_high:+.4f}]" in report
+    assert f"- a higher rate ranks better (high over low, nrms, auc): **{verdict(test, 0.05)}**" in report
 
 
 # Last in the file: a SIGTERM that Ray's shutdown leaves for Lightning's handler in this process ended the next

@@ -120,6 +120,30 @@ def train_epoch(model: Node2Vec, start_nodes: torch.Tensor, optimizer: torch.opt
     return float(total) / max(batches, 1)
 
 
+UNTRAINED_BATCHES = 20
+
+
+@torch.no_grad()
+def untrained_loss(model: Node2Vec, start_nodes: torch.Tensor, device: torch.device, cfg: Node2VecConfig) -> float:
+    """The loss before any step, over the first batches of walks (the yardstick of :func:`check_learned`)."""
+    loader = torch.utils.data.DataLoader(start_nodes.tolist(), batch_size=cfg.batch_size, shuffle=True,
+                                         collate_fn=model.sample)
+    losses = [float(model.loss(positive.to(device), negative.to(device)))
+              for _, (positive, negative) in zip(range(UNTRAINED_BATCHES), loader)]
+    return float(np.mean(losses))
+
+
+def check_learned(graph: str, untrained: float, losses: list[float], min_drop: float) -> None:
+    """Fail when training left the loss within ``min_drop`` of its untrained value: the vectors are noise (a
+    near-complete graph, where every walk's context is every node, does this)."""
+    if losses and losses[-1] > (1.0 - min_drop) * untrained:
+        raise RuntimeError(
+            f"node2vec {graph}: the loss stayed at {losses[-1]:.4f} after {len(losses)} epoch(s), within "
+            f"{min_drop:.0%} of its untrained {untrained:.4f}: its vectors learned nothing. Prune the graph "
+            "(graphs.top_k / graphs.keyword_graph_top_k / graphs.min_weight), train longer (node2vec.epochs), "
+            "or set node2vec.min_loss_drop=0 to accept it")
+
+
 def _save_checkpoint(model: Node2Vec, optimizer: torch.optim.Optimizer, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
@@ -173,6 +197,9 @@ def train_graph(graphs_dir: Path, graph: str, out_dir: Path, cfg: Node2VecConfig
     losses = list(work.state.get("losses", []))
     if done:
         _load_checkpoint(model, optimizer, work.path / CHECKPOINT, device)
+        untrained = float(work.state["untrained_loss"])
+    else:
+        untrained = untrained_loss(model, start_nodes, device, cfg)
     batches = -(-len(start_nodes) // cfg.batch_size)
     started = time.perf_counter()
     with progress(f"node2vec {graph}", batches * (cfg.epochs - done)) as advance:
@@ -180,11 +207,12 @@ def train_graph(graphs_dir: Path, graph: str, out_dir: Path, cfg: Node2VecConfig
             torch.manual_seed(cfg.seed + epoch)
             losses.append(train_epoch(model, start_nodes, optimizer, device, cfg, advance))
             _save_checkpoint(model, optimizer, work.path / CHECKPOINT)
-            work.save({"epochs_done": epoch + 1, "losses": losses})
+            work.save({"epochs_done": epoch + 1, "losses": losses, "untrained_loss": untrained})
     seconds = time.perf_counter() - started
+    check_learned(graph, untrained, losses, cfg.min_loss_drop)
     summary = {"graph": graph, "nodes": len(keys), "nodes_with_edges": len(start_nodes),
                "walk_edges": int(edge_index.shape[1]), "epochs": cfg.epochs, "resumed_at_epoch": done,
-               "losses": losses, "train_seconds": seconds,
+               "untrained_loss": untrained, "losses": losses, "train_seconds": seconds,
                "walks_per_second": (cfg.epochs - done) * len(start_nodes) * cfg.walks_per_node / max(seconds, 1e-9)}
     _write_embeddings(model, keys, start_nodes, work.path)
     (work.path / CHECKPOINT).unlink(missing_ok=True)

@@ -6,15 +6,18 @@ from __future__ import annotations
 import base64
 import html
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
 from newsrec_dist.charts import grouped_bars, horizontal_bars, line_chart
 from newsrec_dist.config import config_yaml
-from newsrec_dist.eval.evaluate import metrics_markdown, oracle_lift_share, oracle_metrics
+from newsrec_dist.eval.evaluate import ORACLE, metrics_markdown, oracle_lift_share, oracle_metrics
+from newsrec_dist.eval.significance import PairedTest, paired_t_test, read_per_impression, seed_average, verdict
 from newsrec_dist.io import atomic_write_text
 
 
@@ -48,11 +51,12 @@ def _graphs_table(stats: dict[str, Any]) -> str:
 
 
 def _node2vec_table(summaries: dict[str, Any]) -> str:
-    lines = ["| graph | nodes embedded | of nodes | epochs | first → last loss | walks/s (last run) |",
-             "|---|---:|---:|---:|---|---:|"]
+    lines = ["| graph | nodes embedded | of nodes | epochs | untrained → first epoch → last epoch loss | "
+             "walks/s (last run) |", "|---|---:|---:|---:|---|---:|"]
     for name, run in summaries.items():
         lines.append(f"| {name} | {run['nodes_with_edges']} | {run['nodes']} | {run['epochs']} | "
-                     f"{run['losses'][0]:.3f} → {run['losses'][-1]:.3f} | {run['walks_per_second']:.0f} |")
+                     f"{run['untrained_loss']:.3f} → {run['losses'][0]:.3f} → {run['losses'][-1]:.3f} | "
+                     f"{run['walks_per_second']:.0f} |")
     return "\n".join(lines)
 
 
@@ -135,37 +139,132 @@ def _value(metrics: dict[str, Any], group: str, key: str) -> str:
     return f"{metrics[group][key]:.4f}" if group in metrics else "-"
 
 
-def _ablation_rows(ablation: DictConfig, arms: list[dict[str, str]], runs: dict[str, Any],
-                   generation: dict[str, Any] | None, diversity_k: int, oracle: dict[str, Any] | None) -> list[str]:
-    """A row per arm: ranking metrics, new vs warm users, diversity, gain over the baseline, LLM cost per gain."""
+@dataclass
+class Arm:
+    """One row of an ablation table: a variant (with one model) over its seeds' runs."""
+
+    variant: str
+    model: str
+    runs: list[str]
+
+
+def ablation_arms(arms: list[dict[str, Any]]) -> list[Arm]:
+    """The pipeline's run list grouped by (variant, model), in order."""
+    grouped: dict[tuple[str, str], Arm] = {}
+    for arm in arms:
+        key = (arm["variant"], arm["model"])
+        grouped.setdefault(key, Arm(arm["variant"], arm["model"], [])).runs.append(arm["run"])
+    return list(grouped.values())
+
+
+def seed_values(arm: Arm, runs: dict[str, Any], group: str, key: str) -> np.ndarray:
+    return np.asarray([runs[name]["metrics"][group][key] for name in arm.runs if group in runs[name]["metrics"]])
+
+
+def _mean_std(values: np.ndarray) -> str:
+    """``mean ± std`` over seeds (sample std), the bare value for one seed, ``-`` for none."""
+    if not len(values):
+        return "-"
+    return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+
+
+def _per_impression(arm: Arm, runs: dict[str, Any], train_dir: Path) -> pd.DataFrame:
+    """The arm's per-impression metrics averaged over its seeds (runs shared by equal arms are read once)."""
+    directories = dict.fromkeys(train_dir / runs[name]["model"] for name in arm.runs)
+    return seed_average([read_per_impression(directory) for directory in directories])
+
+
+@dataclass
+class Comparison:
+    """An arm against its baseline arm (same model): the seeds' mean AUC difference and the paired test."""
+
+    arm: Arm
+    baseline: Arm
+    tests: dict[str, PairedTest]  # per metric
+
+
+def compare_arms(arms: list[Arm], baseline: str, runs: dict[str, Any], train_dir: Path) -> dict[tuple[str, str], Comparison]:
+    """Each arm against the baseline variant of its model, paired over the dev impressions, per ranking metric."""
+    base = {arm.model: arm for arm in arms if arm.variant == baseline}
+    frames = {(arm.variant, arm.model): _per_impression(arm, runs, train_dir) for arm in arms if arm.model in base}
+    return {(arm.variant, arm.model): Comparison(arm, base[arm.model], {
+        key: paired_t_test(frames[(arm.variant, arm.model)][key], frames[(baseline, arm.model)][key])
+        for key in ("auc", "mrr", "ndcg@5", "ndcg@10")}) for arm in arms if arm.model in base}
+
+
+def _p_value(p: float) -> str:
+    return f"{p:.2g}" if p >= 1e-4 else "< 1e-4"
+
+
+def best_single_signal(evaluation: dict[str, Any] | None) -> tuple[str, float] | None:
+    """The strongest one-signal baseline of the eval stage (not random, not the oracle): what an arm must beat."""
+    models = {name: values["all"]["auc"] for name, values in (evaluation or {}).get("models", {}).items()
+              if name not in ("random", ORACLE)}
+    return max(models.items(), key=lambda item: item[1]) if models else None
+
+
+def _ablation_rows(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any], comparisons: dict[tuple[str, str], Comparison],
+                   generation: dict[str, Any] | None, diversity_k: int, oracle: dict[str, Any] | None,
+                   floor: tuple[str, float] | None) -> list[str]:
+    """A row per arm: ranking metrics (mean ± std over seeds), new vs warm users, diversity, the gain over the
+    baseline with its paired test, the share of the oracle's lift, a flag under the best one-signal baseline,
+    and the LLM cost per gain."""
     tasks = {variant.name: list(variant.llm_tasks) for variant in ablation.variants}
     with_cost = bool(generation) and any(tasks.values())
-    baseline = {arm["model"]: runs[arm["run"]]["metrics"]["all"]["auc"] for arm in arms
-                if arm["variant"] == ablation.baseline}
-    header = ["variant", *(["model"] if ablation.models else []), "AUC", "MRR", "nDCG@5", "nDCG@10", "AUC new",
-              "AUC warm", f"entropy@{diversity_k}", f"popularity@{diversity_k}",
-              *([f"Δ AUC vs {ablation.baseline}"] if ablation.baseline else []),
+    header = ["variant", *(["model"] if ablation.models else []), "seeds", "AUC", "MRR", "nDCG@5", "nDCG@10",
+              "AUC new", "AUC warm", f"entropy@{diversity_k}", f"popularity@{diversity_k}",
+              *([f"Δ AUC vs {ablation.baseline} [95 % CI]", "p (paired t)"] if ablation.baseline else []),
               *(["AUC lift / oracle's"] if oracle else []),
+              *([f"≤ {floor[0]} ({floor[1]:.4f})?"] if floor else []),
               *(["LLM tokens", "USD", "per +0.01 AUC"] if with_cost else [])]
     lines = ["| " + " | ".join(header) + " |", "|---|" + ("---|" if ablation.models else "") +
              "---:|" * (len(header) - 1 - bool(ablation.models))]
     for arm in arms:
-        metrics = runs[arm["run"]]["metrics"]
-        cells = [arm["variant"], *([arm["model"]] if ablation.models else []),
-                 *(_value(metrics, "all", key) for key in ("auc", "mrr", "ndcg@5", "ndcg@10")),
-                 _value(metrics, "new", "auc"), _value(metrics, "warm", "auc"),
-                 _value(metrics, "all", f"category_entropy@{diversity_k}"),
-                 _value(metrics, "all", f"mean_popularity@{diversity_k}")]
-        gain = metrics["all"]["auc"] - baseline[arm["model"]] if arm["model"] in baseline else None
+        mean = {key: seed_values(arm, runs, "all", key) for key in ("auc", "mrr", "ndcg@5", "ndcg@10")}
+        cells = [arm.variant, *([arm.model] if ablation.models else []), str(len(arm.runs)),
+                 *(_mean_std(mean[key]) for key in mean),
+                 *(_mean_std(seed_values(arm, runs, group, "auc")) for group in ("new", "warm")),
+                 *(_mean_std(seed_values(arm, runs, "all", key))
+                   for key in (f"category_entropy@{diversity_k}", f"mean_popularity@{diversity_k}"))]
+        comparison = comparisons.get((arm.variant, arm.model))
         if ablation.baseline:
-            cells.append(f"{gain:+.4f}" if gain is not None else "-")
+            test = comparison.tests["auc"] if comparison else None
+            cells += ([f"{test.mean_difference:+.4f} [{test.ci_low:+.4f}, {test.ci_high:+.4f}]", _p_value(test.p_value)]
+                      if test and arm.variant != ablation.baseline else ["-", "-"])
         if oracle:
-            cells.append(oracle_lift_share(metrics["all"]["auc"], oracle["all"]["auc"]))
+            cells.append(oracle_lift_share(float(mean["auc"].mean()), oracle["all"]["auc"]))
+        if floor:
+            cells.append("**below**" if mean["auc"].mean() <= floor[1] else "above")
         if with_cost:
-            tokens, usd = llm_cost(generation, tasks[arm["variant"]])
+            tokens, usd = llm_cost(generation, tasks[arm.variant])
+            gain = comparison.tests["auc"].mean_difference if comparison else None
             cells += [str(tokens), f"{usd:.4f}",
                       cost_per_point(gain, tokens, usd) if tokens and gain is not None else "-"]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _claims(ablation: DictConfig, comparisons: dict[tuple[str, str], Comparison], arms: list[Arm],
+            runs: dict[str, Any], train_dir: Path, level: float) -> list[str]:
+    """Each claim of the paper read against our numbers: the seeds' spread and the paired test."""
+    lines = []
+    for claim in ablation.claims:
+        over = claim.over or ablation.baseline
+        for model in dict.fromkeys(arm.model for arm in arms):
+            pair = [next((arm for arm in arms if arm.variant == name and arm.model == model), None)
+                    for name in (claim.variant, over)]
+            if None in pair:
+                raise ValueError(f"ablation {ablation.name}: claim {claim.text!r} names {claim.variant} over {over}, "
+                                 f"which are not both arms of model {model}")
+            arm, base = pair
+            test = paired_t_test(_per_impression(arm, runs, train_dir)[claim.metric],
+                                 _per_impression(base, runs, train_dir)[claim.metric])
+            seeds = seed_values(arm, runs, "all", claim.metric), seed_values(base, runs, "all", claim.metric)
+            lines.append(f"- {claim.text} ({claim.variant} over {over}, {model}, {claim.metric}): "
+                         f"**{verdict(test, level)}** — {_mean_std(seeds[0])} vs {_mean_std(seeds[1])} over "
+                         f"{len(arm.runs)} and {len(base.runs)} seed(s); paired over {test.impressions} impressions "
+                         f"Δ {test.mean_difference:+.4f} [{test.ci_low:+.4f}, {test.ci_high:+.4f}], "
+                         f"p = {_p_value(test.p_value)}.")
     return lines
 
 
@@ -217,14 +316,15 @@ def _topk_chart(title: str, labels: list[str], names: list[str], runs: dict[str,
     grouped_bars(path, title, labels, panels)
 
 
-def _ablation_chart(ablation: DictConfig, arms: list[dict[str, str]], runs: dict[str, Any], diversity_k: int,
+def _ablation_chart(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any], diversity_k: int,
                     path: Path) -> None:
-    """AUC and category entropy by variant, a bar per model."""
-    variants = list(dict.fromkeys(arm["variant"] for arm in arms))
-    models = list(dict.fromkeys(arm["model"] for arm in arms))
-    value = {(arm["variant"], arm["model"]): runs[arm["run"]]["metrics"]["all"] for arm in arms}
-    panels = {label: {model: [value[(variant, model)][key] if (variant, model) in value else float("nan")
-                              for variant in variants] for model in models}
+    """AUC and category entropy by variant (the seeds' mean), a bar per model."""
+    variants = list(dict.fromkeys(arm.variant for arm in arms))
+    models = list(dict.fromkeys(arm.model for arm in arms))
+    by_key = {(arm.variant, arm.model): arm for arm in arms}
+    panels = {label: {model: [float(seed_values(by_key[(variant, model)], runs, "all", key).mean())
+                              if (variant, model) in by_key else float("nan") for variant in variants]
+                      for model in models}
               for label, key in (("AUC", "auc"), (f"category entropy@{diversity_k}",
                                                     f"category_entropy@{diversity_k}"))}
     grouped_bars(path, ablation.name, variants, panels)
@@ -258,14 +358,16 @@ def _graph_ablation(ablation: DictConfig, arms: list[dict[str, str]], runs: dict
                     generation: dict[str, Any] | None, ks: list[int], train_dir: Path, work_dir: Path) -> list[str]:
     """PFR-style ablations: top-k tables per group of news, LLM work per variant, charts."""
     figures = work_dir / FIGURES
-    names, labels = [arm["run"] for arm in arms], [arm["variant"] for arm in arms]
+    # one row per run: a seed's own (mean ± std and paired tests over users are not there yet for top-k tables)
+    names = [arm["run"] for arm in arms]
+    labels = [arm["variant"] + (f" seed {arm['seed']}" if arm.get("seed") is not None else "") for arm in arms]
     baseline = next((arm["run"] for arm in arms if arm["variant"] == ablation.baseline), None)
     sections = [f"## Ablation `{ablation.name}`: {ablation.title or ablation.name}", "",
                 *_topk_sections(names, labels, runs, ks, baseline)]
     tasks = {variant.name: list(variant.llm_tasks) for variant in ablation.variants}
     if generation and any(tasks.values()):
-        costs = [f"{label}: {tokens} tokens (${usd:.4f})" for label in labels
-                 for tokens, usd in [llm_cost(generation, tasks[label])] if tasks[label]]
+        costs = [f"{variant}: {tokens} tokens (${usd:.4f})" for variant in dict.fromkeys(arm["variant"] for arm in arms)
+                 for tokens, usd in [llm_cost(generation, tasks[variant])] if tasks[variant]]
         sections += ["LLM work per variant: " + "; ".join(costs) + ".", ""]
     chart_path = figures / f"ablation-{ablation.name}.png"
     _topk_chart(ablation.name, labels, names, runs, max(ks), chart_path)
@@ -281,8 +383,9 @@ def _recommender_sections(cfg: DictConfig, outputs: dict[str, Any], work_dir: Pa
     oracle = oracle_metrics(outputs.get("eval"))
     figures, train_dir = work_dir / FIGURES, Path(cfg.train.output_dir)
     sections: list[str] = []
-    graph_models = [name for name in cfg.train.models if name in runs and runs[name].get("kind") == "graph_cf"]
-    models = [name for name in cfg.train.models if name in runs and name not in graph_models]
+    named = outputs.get("model_runs", list(cfg.train.models))  # train.models' runs, one per seed
+    graph_models = [name for name in named if name in runs and runs[name].get("kind") == "graph_cf"]
+    models = [name for name in named if name in runs and name not in graph_models]
     if graph_models:
         sections += ["## Graph recommenders (LightGCN, PFR; best checkpoint by NDCG)", "",
                      *_topk_sections(graph_models, graph_models, runs, list(cfg.eval.topk), None)]
@@ -298,11 +401,22 @@ def _recommender_sections(cfg: DictConfig, outputs: dict[str, Any], work_dir: Pa
         if runs[arms[0]["run"]].get("kind") == "graph_cf":
             sections += _graph_ablation(ablation, arms, runs, generation, list(cfg.eval.topk), train_dir, work_dir)
             continue
+        grouped = ablation_arms(arms)
+        comparisons = compare_arms(grouped, ablation.baseline, runs, train_dir) if ablation.baseline else {}
+        floor = best_single_signal(outputs.get("eval"))
         sections += [f"## Ablation `{ablation.name}`: {ablation.title or ablation.name}", "",
-                     *_ablation_rows(ablation, arms, runs, generation, k, oracle), "",
-                     "Runs with equal configuration are trained once and share their row values. `new` users have "
-                     f"at most {cfg.eval.cold_history_max} history clicks.", ""]
-        _ablation_chart(ablation, arms, runs, k, figures / f"ablation-{ablation.name}.png")
+                     *_ablation_rows(ablation, grouped, runs, comparisons, generation, k, oracle, floor), "",
+                     "Metrics are the mean ± sample std over the arm's seeds (each seed's dev average). Δ is the arm "
+                     "minus its baseline per dev impression, each arm's seeds averaged per impression first; p is "
+                     "the two-sided paired t-test over those impressions. Runs with equal configuration are trained "
+                     f"once and share their values. `new` users have at most {cfg.eval.cold_history_max} history "
+                     "clicks." + (f" The last column flags an arm whose mean AUC does not beat the strongest "
+                                  f"one-signal baseline ({floor[0]})." if floor else ""), ""]
+        claims = _claims(ablation, comparisons, grouped, runs, train_dir, cfg.significance_level)
+        if claims:
+            sections += [f"What our numbers say of the paper's claims (paired t-test, level {cfg.significance_level}):",
+                         "", *claims, ""]
+        _ablation_chart(ablation, grouped, runs, k, figures / f"ablation-{ablation.name}.png")
         sections += _figure(ablation.title or ablation.name, figures / f"ablation-{ablation.name}.png", work_dir)
         curve = figures / f"curves-{ablation.name}.png"
         if _curves_chart(f"{ablation.name}: training loss", [arm["run"] for arm in arms], runs, train_dir, curve):

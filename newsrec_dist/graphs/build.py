@@ -81,19 +81,21 @@ def _write_graphs(spark: SparkSession, cfg: GraphsConfig, prepared_dir: Path, ke
     keyword_nodes.write.parquet(str(work / "nodes" / "keyword"))
     rows = {"nodes/news": news_nodes.count(), "nodes/keyword": keyword_nodes.count()}
     intra = spark_job.intra_item_keyword_graph(sequences, keywords)
-    rows["intra_keyword"] = _write_edges(intra, keyword_nodes, cfg, work / "intra_keyword")
+    rows["intra_keyword"] = _write_edges(intra, keyword_nodes, cfg.min_weight, cfg.keyword_graph_top_k,
+                                         work / "intra_keyword")
     for window in cfg.windows:
         news_edges = spark_job.news_graph(sequences, window).cache()
-        rows[f"news/w={window}"] = _write_edges(news_edges, news_nodes, cfg, work / "news" / f"w={window}")
+        rows[f"news/w={window}"] = _write_edges(news_edges, news_nodes, cfg.min_weight, cfg.top_k,
+                                                work / "news" / f"w={window}")
         item_keyword = spark_job.item_item_keyword_graph(news_edges, keywords)  # from unpruned co-clicks
-        rows[f"item_keyword/w={window}"] = _write_edges(item_keyword, keyword_nodes, cfg,
-                                                        work / "item_keyword" / f"w={window}")
+        rows[f"item_keyword/w={window}"] = _write_edges(item_keyword, keyword_nodes, cfg.min_weight,
+                                                        cfg.keyword_graph_top_k, work / "item_keyword" / f"w={window}")
         news_edges.unpersist()
     return rows
 
 
-def _write_edges(edges: DataFrame, nodes: DataFrame, cfg: GraphsConfig, path: Path) -> int:
-    pruned = spark_job.with_node_ids(spark_job.prune(edges, cfg.min_weight, cfg.top_k), nodes)
+def _write_edges(edges: DataFrame, nodes: DataFrame, min_weight: int, top_k: int | None, path: Path) -> int:
+    pruned = spark_job.with_node_ids(spark_job.prune(edges, min_weight, top_k), nodes)
     pruned.orderBy("src", "dst").write.parquet(str(path))
     return pq.read_table(path, columns=["src"]).num_rows
 

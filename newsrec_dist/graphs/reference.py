@@ -2,10 +2,11 @@
 
 Definitions shared with the Spark job (``graphs/spark_job.py``):
 
-* **Click sequence** of a user: the history of the user's earliest train impression (by time, then
-  impression id), then the clicked candidates of all the user's train impressions ordered by time,
-  impression id and position; an item equal to the item just before it is dropped (consecutive
-  duplicates only — a later re-click is a real co-occurrence and stays).
+* **Click sequence** of a user: the history of the user's earliest impression of the split (by time,
+  then impression id), in its order; an item equal to the item just before it is dropped (consecutive
+  duplicates only — a later re-click is a real co-occurrence and stays). The impressions' clicked
+  candidates are NOT part of it: they are the labels the recommenders train on, and a graph built from
+  them would hand each training positive a feature made from its own label.
 * **Window w**: every position i pairs with positions i+1 … i+w-1 of the same sequence.
 * **news-ID graph**: undirected pairs of distinct news within a window; weight = number of pairs.
 * **item-item keyword graph**: for every windowed news pair, all cross pairs (k1 of the first item,

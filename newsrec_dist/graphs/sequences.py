@@ -1,7 +1,7 @@
 """Click sequences from the prepared behaviors (numpy side; the Spark job mirrors it).
 
-Rule (see ``graphs/reference.py``): history of the user's earliest train impression, then clicked
-candidates ordered by (time, impression id, position); consecutive duplicates dropped.
+Rule (see ``graphs/reference.py``): the history of the user's earliest impression of the split, consecutive
+duplicates dropped. Clicked candidates never enter: they are the labels the recommenders train on.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _drop_consecutive_repeats(owners: np.ndarray, items: np.ndarray) -> np.ndarr
 
 
 def click_sequences(prepared_dir: Path, news_ids: pa.Array, split: str = "train") -> Sequences:
-    """Sequences of one split; node keys are the sorted union of news ids and ids seen in clicks."""
+    """Sequences of one split; node keys are the sorted union of news ids and ids seen in histories."""
     table = read_behaviors(prepared_dir, split)
     users = table["user_id"].combine_chunks().dictionary_encode()
     user = users.indices.to_numpy().astype(np.int64)
@@ -49,19 +49,13 @@ def click_sequences(prepared_dir: Path, news_ids: pa.Array, split: str = "train"
     impression = table["impression_id"].to_numpy()
 
     history, history_row, history_pos = _flat_with_rows(table["history"])
-    in_first_row = pa.array(_first_rows(user, time, impression)[history_row])
-    candidates, candidate_row, candidate_pos = _flat_with_rows(table["impressions"])
-    clicked = pa.array(table["labels"].combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(bool))
-    event_ids = pa.concat_arrays([history.filter(in_first_row), candidates.filter(clicked)])
-    keys = pc.unique(pa.concat_arrays([news_ids.cast(pa.string()), event_ids])).sort()
+    in_first_row = _first_rows(user, time, impression)[history_row]
+    events = history.filter(pa.array(in_first_row))
+    keys = pc.unique(pa.concat_arrays([news_ids.cast(pa.string()), events])).sort()
 
-    rows = np.concatenate([history_row[in_first_row.to_numpy(zero_copy_only=False)],
-                           candidate_row[clicked.to_numpy(zero_copy_only=False)]])
-    position = np.concatenate([history_pos[in_first_row.to_numpy(zero_copy_only=False)],
-                               candidate_pos[clicked.to_numpy(zero_copy_only=False)]])
-    part = np.r_[np.zeros(pc.sum(in_first_row).as_py() or 0, np.int64), np.ones(pc.sum(clicked).as_py() or 0, np.int64)]
-    order = np.lexsort((position, impression[rows], time[rows], part, user[rows]))
-    items = pc.index_in(event_ids, value_set=keys).to_numpy().astype(np.int64)[order]
+    rows, position = history_row[in_first_row], history_pos[in_first_row]
+    order = np.lexsort((position, user[rows]))
+    items = pc.index_in(events, value_set=keys).to_numpy().astype(np.int64)[order]
     owners = user[rows][order]
     keep = _drop_consecutive_repeats(owners, items)
     counts = np.bincount(owners[keep], minlength=len(users.dictionary))

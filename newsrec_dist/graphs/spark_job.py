@@ -9,27 +9,13 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-EVENT_FIELDS = ("part", "time", "impression_id", "pos", "item")
-
-
 def click_sequences(behaviors: DataFrame) -> DataFrame:
-    """``user_id, seq``: earliest impression's history, then clicks by (time, impression, position)."""
+    """``user_id, seq``: the history of the user's earliest impression, consecutive repeats dropped. Never the
+    impressions' clicked candidates: those are the labels the recommenders train on."""
     earliest = Window.partitionBy("user_id").orderBy("time", "impression_id")
     first = behaviors.withColumn("_rank", F.row_number().over(earliest)).where("_rank = 1")
-    history = first.select("user_id", F.posexplode("history").alias("pos", "item")).select(
-        "user_id", F.lit(0).alias("part"), F.lit(0).cast("long").alias("time"),
-        F.lit(0).cast("long").alias("impression_id"), "pos", "item")
-    clicks = behaviors.select(
-        "user_id", F.unix_seconds(F.col("time").cast("timestamp")).alias("time"), "impression_id",
-        F.posexplode(F.arrays_zip("impressions", "labels")).alias("pos", "c"),
-    ).where("c.labels = 1").select(
-        "user_id", F.lit(1).alias("part"), "time", "impression_id", "pos", F.col("c.impressions").alias("item"))
-    events = history.unionByName(clicks)
-    ordered = events.groupBy("user_id").agg(
-        F.sort_array(F.collect_list(F.struct(*EVENT_FIELDS))).alias("events"))
-    return ordered.select(
-        "user_id", F.expr("transform(events, e -> e.item)").alias("raw")
-    ).select("user_id", F.expr("filter(raw, (x, i) -> i = 0 OR x != raw[i - 1])").alias("seq"))
+    return first.select("user_id", F.col("history").alias("raw")).select(
+        "user_id", F.expr("filter(raw, (x, i) -> i = 0 OR x != raw[i - 1])").alias("seq"))
 
 
 def _undirected_counts(pairs: DataFrame, weight: Column | None = None) -> DataFrame:

@@ -85,17 +85,46 @@ class IdView(nn.Module):
 
 
 class VectorsView(nn.Module):
-    """Precomputed vectors (LLM, Node2Vec, GloVe), each through its own linear projection, summed (LECOP)."""
+    """Precomputed vectors (LLM, Node2Vec, GloVe) fused into one news vector (LECOP).
 
-    def __init__(self, sources: list[torch.Tensor], cfg: NewsEncoderConfig) -> None:
+    Each source is mapped to the news vector size by its own linear layer and layer-normalised, so no source
+    dominates by its scale; a news item a source has no vector for (an all-zero row: a news never read before the
+    graphs' cut, or without known keywords) gets that source's learned ``unseen`` vector instead. Fusion: ``add``
+    (the paper's direct addition), ``concat`` (+ linear) or ``attention`` (additive attention over the sources).
+    """
+
+    def __init__(self, sources: list[torch.Tensor], fusion: str, cfg: NewsEncoderConfig) -> None:
         super().__init__()
+        if fusion not in ("add", "concat", "attention"):
+            raise ValueError(f"vectors view fusion must be add, concat or attention, got {fusion!r}")
         for index, matrix in enumerate(sources):
             self.register_buffer(f"source{index}", matrix, persistent=False)
-        self.projections = nn.ModuleList(nn.Linear(matrix.shape[1], cfg.dim) for matrix in sources)
+            self.register_buffer(f"found{index}", matrix.abs().sum(1) > 0, persistent=False)
+        self.projections = nn.ModuleList(nn.Sequential(nn.Linear(matrix.shape[1], cfg.dim), nn.LayerNorm(cfg.dim))
+                                         for matrix in sources)
+        self.unseen = nn.Parameter(torch.zeros(len(sources), cfg.dim))
+        self.fusion = fusion
+        self.mix: nn.Module | None = None
+        if fusion == "concat":
+            self.mix = nn.Linear(cfg.dim * len(sources), cfg.dim)
+        elif fusion == "attention":
+            self.mix = AdditiveAttention(cfg.dim, cfg.attention_dim)
+
+    def source_vectors(self, rows: torch.Tensor) -> torch.Tensor:
+        """[*rows, sources, dim]: each source projected and normalised, or its unseen vector."""
+        vectors = []
+        for index, project in enumerate(self.projections):
+            found = getattr(self, f"found{index}")[rows].unsqueeze(-1)
+            vectors.append(torch.where(found, project(getattr(self, f"source{index}")[rows]), self.unseen[index]))
+        return torch.stack(vectors, dim=-2)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        return sum(project(getattr(self, f"source{index}")[rows])
-                   for index, project in enumerate(self.projections))
+        vectors = self.source_vectors(rows)
+        if self.fusion == "add":
+            return vectors.sum(-2)
+        if self.fusion == "concat":
+            return self.mix(vectors.flatten(-2))
+        return self.mix(vectors, torch.ones(vectors.shape[:-1], dtype=torch.bool, device=vectors.device))
 
 
 class NewsEncoder(nn.Module):
@@ -128,7 +157,7 @@ class NewsEncoder(nn.Module):
         if view.kind == "category":
             return CategoryView(inputs.categories[view.column], cfg)
         if view.kind == "vectors":
-            return VectorsView([inputs.vectors[source] for source in view.sources], cfg)
+            return VectorsView([inputs.vectors[source] for source in view.sources], view.fusion, cfg)
         if view.kind == "id":
             return IdView(inputs.rows, cfg)
         raise ValueError(f"news view kind must be text, plm, category, vectors or id, got {view.kind!r}")

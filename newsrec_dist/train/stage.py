@@ -22,14 +22,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 
 from newsrec_dist.config import ModelConfig, TrainConfig, as_object, masked, to_container
 from newsrec_dist.eval.evaluate import EvalData, evaluate_scores, load_eval_data
 from newsrec_dist.eval.impressions import ClickCounter, ImpressionSet, load_impressions
-from newsrec_dist.eval.metrics import write_prediction_file
+from newsrec_dist.eval.metrics import impression_metrics, write_prediction_file
+from newsrec_dist.eval.significance import write_per_impression
 from newsrec_dist.io import Manifest, ResumableDir, artifact_fingerprint, atomic_write_text, read_manifest, sha256_file
 from newsrec_dist.models.recommender import Recommender
 from newsrec_dist.progress import ProgressFactory, no_progress
@@ -161,8 +162,11 @@ class ImpressionTask:
         return evaluate(model, run, data, device)
 
     def export(self, directory: Path, model: Recommender, data: TrainData, scores: np.ndarray) -> dict[str, Any]:
-        write_prediction_file(directory / "prediction.txt", data.dev.impressions.impression_id, scores,
-                              data.dev.impressions.offsets)
+        impressions = data.dev.impressions
+        write_prediction_file(directory / "prediction.txt", impressions.impression_id, scores, impressions.offsets)
+        # what the report's paired tests compare between arms (the same dev impressions in every arm)
+        write_per_impression(directory, impressions.impression_id,
+                             impression_metrics(scores, impressions.labels, impressions.offsets))
         return {"coverage": data.features.coverage, "eval_rows": data.dev.impressions.size}
 
     def rows(self, data: TrainData) -> dict[str, int]:
@@ -240,6 +244,15 @@ class StepBoundedProgressBar(TQDMProgressBar):
         return min(batches, max_steps - self.trainer.global_step) if max_steps and max_steps > 0 else batches
 
 
+def early_stopping(cfg: TrainConfig, monitor: str) -> list[EarlyStopping]:
+    """Stop once the dev metric has not improved for ``patience`` epochs (checked after each epoch's evaluation;
+    its state rides in the checkpoints, so a resumed run keeps counting)."""
+    if cfg.early_stopping.patience is None:
+        return []
+    return [EarlyStopping(f"val_{monitor}", min_delta=cfg.early_stopping.min_delta,
+                          patience=cfg.early_stopping.patience, mode="max", check_on_train_epoch_end=True)]
+
+
 def newest_checkpoint(directory: Path) -> Path | None:
     """The checkpoint with the highest step (periodic and epoch checkpoints share the naming)."""
     found = [(int(m.group(1)), path) for path in directory.glob("*.ckpt") if (m := STEP_PATTERN.search(path.name))]
@@ -261,7 +274,8 @@ def fit(run: TrainRun, work: Path, strategy: Any = None, plugins: list[Any] | No
         ModelCheckpoint(checkpoints, "{epoch}-{step}", every_n_epochs=1, save_top_k=1, save_on_train_epoch_end=True),
         ModelCheckpoint(checkpoints, BEST, monitor=f"val_{task.monitor}", mode="max", save_top_k=1,
                         save_on_train_epoch_end=True),
-        TrainingRecord(task, run, data, work),
+        TrainingRecord(task, run, data, work),  # before EarlyStopping: it logs the dev metric that one reads
+        *early_stopping(cfg, task.monitor),
         *([StepBoundedProgressBar()] if cfg.progress else []),
     ]
     from lightning.pytorch.loggers import CSVLogger
@@ -284,6 +298,12 @@ def fit(run: TrainRun, work: Path, strategy: Any = None, plugins: list[Any] | No
             record.write(resume.name + "\n")
     trainer.fit(module, datamodule=BatchesDataModule(task, run, data), ckpt_path=resume, weights_only=True)
     return trainer
+
+
+def _stopped_early(checkpoint: dict[str, Any]) -> bool:
+    """Whether early stopping ended the run (Lightning keeps its state in the checkpoint's callbacks)."""
+    return any(key.startswith("EarlyStopping") and state.get("stopped_epoch", 0) > 0
+               for key, state in checkpoint.get("callbacks", {}).items())
 
 
 def _resumes(work: Path) -> list[str]:
@@ -313,6 +333,7 @@ def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_pro
     last = torch.load(newest_checkpoint(checkpoints), map_location="cpu", weights_only=True)
     summary = {"model": run.model.name, "kind": run.model.kind, "checkpoint": chosen.name,
                "best_epoch": int(checkpoint["epoch"]), "steps": int(last["global_step"]),
+               "max_epochs": run.train.epochs, "stopped_early": _stopped_early(last),
                "resumed_from": _resumes(work.path), "epochs": json.loads((work.path / EPOCHS_FILE).read_text()),
                "parameters": sum(p.numel() for p in model.parameters()), **exported, "eval_unit": task.unit,
                "eval_rows_per_second": exported["eval_rows"] / max(eval_seconds, 1e-9), "metrics": results}
