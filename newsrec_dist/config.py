@@ -20,7 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import Container, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CONF_DIR_ENV = "NEWSREC_CONF_DIR"
@@ -596,6 +596,8 @@ class RootConfig:
     seed: int = 42
     # every model and ablation arm trains once per seed (train.seed); empty: once, at train.seed
     seeds: list[int] = field(default_factory=list)
+    # the command line's model.* key=values (filled by load_config): applied to every model a run trains
+    model_overrides: dict[str, Any] = field(default_factory=dict)
     significance_level: float = 0.05  # the paired tests' threshold in the report's reading of the claims
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -733,6 +735,10 @@ def load_config(overrides: list[str] | None = None, resolve: bool = True) -> Dic
         presets = _compose(own)
         for group in chosen:
             cfg[group] = presets[group]
+    # explicit model.* settings hold for every model a run trains, not only the default one (see with_variant)
+    cfg.model_overrides = {override.key_or_group: OmegaConf.to_container(value, resolve=False)
+                           if isinstance(value := OmegaConf.select(cfg, override.key_or_group), Container) else value
+                           for override in parsed if override.key_or_group.startswith("model.")}
     if resolve:
         OmegaConf.resolve(cfg)
     return cfg
@@ -744,11 +750,12 @@ def with_model(cfg: DictConfig, name: str) -> DictConfig:
 
 
 def with_variant(cfg: DictConfig, model: str, settings: dict[str, Any]) -> DictConfig:
-    """``cfg`` with ``conf/model/<model>.yaml`` and a variant's dotted ``settings`` (typos fail on the schema)."""
+    """``cfg`` with ``conf/model/<model>.yaml``, the command line's ``model.*`` settings, then a variant's dotted
+    ``settings`` (typos fail on the schema). A variant's own key beats the command line's: it defines the arm."""
     merged = OmegaConf.merge(cfg, {"model": _model_preset(str(conf_dir()), model)})
-    for key, value in settings.items():
-        try:
-            OmegaConf.update(merged, key, value, merge=False)
+    for key, value in {**cfg.model_overrides, **settings}.items():
+        try:  # a list is merged (it replaces the old one, its items typed by the schema: views are NewsViewConfig)
+            OmegaConf.update(merged, key, value, merge=isinstance(value, (list, ListConfig)))
         except (KeyError, AttributeError, IndexError, ValueError) as error:
             raise ConfigError(f"variant setting {key}={value!r}: {error}") from error
     OmegaConf.resolve(merged)

@@ -67,6 +67,18 @@ def test_experiments_compose_and_every_ablation_arm_applies(experiment: str, run
         assert all(source.startswith(cfg.paths.work_dir) for view in arm.model.news.views for source in view.sources)
 
 
+def test_command_line_model_settings_reach_every_arm_and_an_arms_own_key_wins() -> None:
+    """`newsrec run experiment=popk model.news.dim=32` trains every arm at 32: each arm loads its model preset,
+    which once silently put the preset's 256 back. A key the arm itself sets defines the arm and stays."""
+    cfg = load_config(["experiment=lecop", "model.news.dim=32", "model.news.views.0.fusion=concat"])
+    arms = {job.name: with_variant(cfg, job.model, job.settings) for job in train_jobs(cfg)}
+    assert {arm.model.news.dim for arm in arms.values()} == {32}
+    fusion = {name.removesuffix(".seed1"): arm.model.news.views[0].fusion for name, arm in arms.items()
+              if name.startswith("fusion.") and name.endswith(".seed1")}
+    assert fusion == {"fusion.add": "concat", "fusion.concat": "concat", "fusion.attention": "attention"}
+    assert arms["encoder.glove.seed1"].model.news.views[0].sources[0].endswith("glove-6b-50d")
+
+
 def test_ablation_settings_are_checked_against_the_schema() -> None:
     cfg = load_config(["experiment=popk"])
     with pytest.raises(ConfigError, match="model.news.nope"):

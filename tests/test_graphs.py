@@ -89,6 +89,7 @@ def test_hand_cases_sequences_and_edges(spark: SparkSession, tmp_path: Path) -> 
         (3, "U2", 8, [], [("N4", 1)]),  # empty history: an empty sequence, whatever it clicked
         (4, "U3", 8, ["N2", "N2", "N77"], [("N5", 0)]),  # N77 absent from news
     ]
+    prepared = write_prepared(tmp_path, ["N1", "N2", "N3", "N4", "N5"], rows)
     sequences = click_sequences(prepared, pa.array(["N1", "N2", "N3", "N4", "N5"]))
     as_keys = {user: sequences.news_keys[sequences.items[a:b]].tolist()
                for user, a, b in zip(range(3), sequences.offsets[:-1], sequences.offsets[1:])}

@@ -44,16 +44,19 @@ def test_edge_copies_and_walk_edge_index() -> None:
     assert walk_edge_index(edges, replace(SMALL, min_weight=2, edge_weights="none")).T.tolist() == [[0, 1], [1, 0]]
 
 
-@pytest.mark.parametrize(("p", "q"), [(1.0, 1.0), (0.5, 2.0)])
-def test_walks_follow_edge_weights(p: float, q: float) -> None:
-    """Star 0-1 (weight 7), 0-2 (weight 1): the first step from 0 picks 1 about 7 times in 8."""
+@pytest.mark.parametrize(("p", "q", "mode", "heavy_share"), [(1.0, 1.0, "multiplicity", 7 / 8), (0.5, 2.0, "multiplicity", 7 / 8),
+                                                         (1.0, 1.0, "log1p", 3 / 4)])
+def test_walks_follow_edge_weights(p: float, q: float, mode: str, heavy_share: float) -> None:
+    """Star 0-1 (weight 7), 0-2 (weight 1): the first step from 0 picks 1 about 7 times in 8 by multiplicity, 3 in
+    4 by log weights (1 + floor(log2 7) = 3 copies against 1)."""
     edges = pa.table({"src": [0, 0], "dst": [1, 2], "weight": [7, 1]})
-    model = build_model(walk_edge_index(edges, SMALL), 3, replace(SMALL, walk_length=2, context_size=2, p=p, q=q))
+    cfg = replace(SMALL, walk_length=2, context_size=2, p=p, q=q, edge_weights=mode)
+    model = build_model(walk_edge_index(edges, cfg), 3, cfg)
     torch.manual_seed(0)
     walks = model.random_walk_fn(model.rowptr, model.col, torch.zeros(20_000, dtype=torch.long), 1, p, q)
     walks = walks[0] if isinstance(walks, tuple) else walks
     share_heavy = (walks[:, 1] == 1).float().mean().item()
-    assert abs(share_heavy - 7 / 8) < 0.02
+    assert abs(share_heavy - heavy_share) < 0.02
     unweighted = build_model(walk_edge_index(edges, replace(SMALL, edge_weights="none")), 3, SMALL)
     walks = unweighted.random_walk_fn(unweighted.rowptr, unweighted.col, torch.zeros(20_000, dtype=torch.long), 1,
                                       1.0, 1.0)
@@ -115,6 +118,27 @@ def test_bad_settings_give_clear_errors(tiny_graphs: Path, tmp_path: Path) -> No
     absent = f"cuda:{torch.cuda.device_count()}"  # one past the last visible device, on any machine
     with pytest.raises(RuntimeError, match=f"node2vec.device={absent} but .* CUDA device"):
         train_graph(tiny_graphs, "news/w=2", tmp_path, replace(SMALL, device=absent))
+
+
+def test_a_complete_graph_teaches_nothing_and_fails_loudly(tiny_graphs: Path, tmp_path: Path) -> None:
+    """On a complete graph every node is every walk's context, so the loss stays at its untrained value (about
+    2 ln 2): the stage refuses those vectors, keeps the trained epochs, and a rerun that accepts them does not
+    train again. A real graph of the same data moves well past the threshold."""
+    graphs = tmp_path / "graphs"
+    shutil.copytree(tiny_graphs, graphs)
+    pairs = [(a, b) for a in range(40) for b in range(a + 1, 40)]
+    shutil.rmtree(graphs / "intra_keyword")
+    (graphs / "intra_keyword").mkdir()
+    pq.write_table(pa.table({"src": [a for a, _ in pairs], "dst": [b for _, b in pairs], "weight": [1] * len(pairs)}),
+                   graphs / "intra_keyword" / "part-0.parquet")
+    cfg = replace(SMALL, epochs=2)
+    with pytest.raises(RuntimeError, match=r"intra_keyword: the loss stayed at .* within 1% of its untrained 1\.3"):
+        train_graph(graphs, "intra_keyword", tmp_path / "out", cfg)
+    summary = train_graph(graphs, "intra_keyword", tmp_path / "out", replace(cfg, min_loss_drop=0.0))
+    assert summary["resumed_at_epoch"] == 2  # the trained epochs were kept: nothing ran again
+    assert summary["losses"][-1] > 0.99 * summary["untrained_loss"]
+    learned = train_graph(tiny_graphs, "news/w=2", tmp_path / "real", cfg)
+    assert learned["losses"][-1] < 0.95 * learned["untrained_loss"]
 
 
 RESUME_SETTINGS = {"embedding_dim": 32, "walk_length": 10, "context_size": 5, "walks_per_node": 4,

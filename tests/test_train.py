@@ -155,9 +155,11 @@ def test_seeds_early_stopping_and_paired_tests_through_the_cli(tiny: tuple[Path,
                 "{name: high, model: nrms, set: {train.lr: 0.03}}], "
                 "claims: [{text: 'a higher rate ranks better', variant: high}]}]")
     settings = [setting for setting in overrides(prepared, tmp_path / "train") if not setting.startswith("train.epochs")]
+    # news as their subcategory only (a few seconds an epoch): the protocol is under test, not the model
     result = CliRunner().invoke(app, ["run", *settings, "stages=[train,report]", "train.models=[]", ablation,
                                       "seeds=[1,2]", "train.epochs=8", "train.early_stopping.patience=1",
-                                      "model.news.dim=32", "train.max_history=10"])
+                                      "model.news.views=[{kind: category, column: subcategory}]", "model.news.dim=32",
+                                      "train.max_history=10", "train.lr=0.003", "train.threads=1"])
     assert result.exit_code == 0, result.output
     stopped = 0
     for variant, seed in itertools.product(("low", "high"), (1, 2)):
