@@ -76,8 +76,11 @@ SMALL_NODE2VEC = Node2VecConfig(embedding_dim=32, walk_length=10, context_size=5
                                 batch_size=128, lr=0.02)
 
 # Smaller still, as command-line overrides (one graph, one epoch): the submission and bench tests' Node2Vec jobs.
+# They test where and how fast a job runs, not what it learns: one epoch of 2 walks a node moves the loss less
+# than the stage's 1 % check asks (test_node2vec.py tests that check), so it is off here.
 NODE2VEC = ["node2vec.graphs=['news/w=2']", "node2vec.embedding_dim=16", "node2vec.walk_length=8",
-            "node2vec.context_size=4", "node2vec.walks_per_node=2", "node2vec.epochs=1", "node2vec.task_cpus=1"]
+            "node2vec.context_size=4", "node2vec.walks_per_node=2", "node2vec.epochs=1", "node2vec.task_cpus=1",
+            "node2vec.min_loss_drop=0"]
 
 
 def lecop_overrides(prepared: Path, workdir: Path, spark: SparkConfig | None = None) -> list[str]:
