@@ -135,10 +135,6 @@ def _training_section(runs: dict[str, Any], generation: dict[str, Any] | None, d
     return "\n".join(lines)
 
 
-def _value(metrics: dict[str, Any], group: str, key: str) -> str:
-    return f"{metrics[group][key]:.4f}" if group in metrics else "-"
-
-
 @dataclass
 class Arm:
     """One row of an ablation table: a variant (with one model) over its seeds' runs."""
@@ -174,22 +170,17 @@ def _per_impression(arm: Arm, runs: dict[str, Any], train_dir: Path) -> pd.DataF
     return seed_average([read_per_impression(directory) for directory in directories])
 
 
-@dataclass
-class Comparison:
-    """An arm against its baseline arm (same model): the seeds' mean AUC difference and the paired test."""
-
-    arm: Arm
-    baseline: Arm
-    tests: dict[str, PairedTest]  # per metric
+def paired(arm: Arm, baseline: Arm, metric: str, runs: dict[str, Any], train_dir: Path) -> PairedTest:
+    """``arm`` against ``baseline`` on one metric, paired over the dev impressions (each arm's seeds averaged)."""
+    return paired_t_test(_per_impression(arm, runs, train_dir)[metric], _per_impression(baseline, runs, train_dir)[metric])
 
 
-def compare_arms(arms: list[Arm], baseline: str, runs: dict[str, Any], train_dir: Path) -> dict[tuple[str, str], Comparison]:
-    """Each arm against the baseline variant of its model, paired over the dev impressions, per ranking metric."""
+def compare_arms(arms: list[Arm], baseline: str, runs: dict[str, Any], train_dir: Path
+                 ) -> dict[tuple[str, str], PairedTest]:
+    """Each arm's AUC against the baseline variant of its model (keyed by variant and model)."""
     base = {arm.model: arm for arm in arms if arm.variant == baseline}
-    frames = {(arm.variant, arm.model): _per_impression(arm, runs, train_dir) for arm in arms if arm.model in base}
-    return {(arm.variant, arm.model): Comparison(arm, base[arm.model], {
-        key: paired_t_test(frames[(arm.variant, arm.model)][key], frames[(baseline, arm.model)][key])
-        for key in ("auc", "mrr", "ndcg@5", "ndcg@10")}) for arm in arms if arm.model in base}
+    return {(arm.variant, arm.model): paired(arm, base[arm.model], "auc", runs, train_dir)
+            for arm in arms if arm.model in base}
 
 
 def _p_value(p: float) -> str:
@@ -203,7 +194,7 @@ def best_single_signal(evaluation: dict[str, Any] | None) -> tuple[str, float] |
     return max(models.items(), key=lambda item: item[1]) if models else None
 
 
-def _ablation_rows(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any], comparisons: dict[tuple[str, str], Comparison],
+def _ablation_rows(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any], tests: dict[tuple[str, str], PairedTest],
                    generation: dict[str, Any] | None, diversity_k: int, oracle: dict[str, Any] | None,
                    floor: tuple[str, float] | None) -> list[str]:
     """A row per arm: ranking metrics (mean ± std over seeds), new vs warm users, diversity, the gain over the
@@ -220,32 +211,30 @@ def _ablation_rows(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any], 
     lines = ["| " + " | ".join(header) + " |", "|---|" + ("---|" if ablation.models else "") +
              "---:|" * (len(header) - 1 - bool(ablation.models))]
     for arm in arms:
-        mean = {key: seed_values(arm, runs, "all", key) for key in ("auc", "mrr", "ndcg@5", "ndcg@10")}
+        by_seed = {key: seed_values(arm, runs, "all", key) for key in ("auc", "mrr", "ndcg@5", "ndcg@10")}
         cells = [arm.variant, *([arm.model] if ablation.models else []), str(len(arm.runs)),
-                 *(_mean_std(mean[key]) for key in mean),
+                 *(_mean_std(values) for values in by_seed.values()),
                  *(_mean_std(seed_values(arm, runs, group, "auc")) for group in ("new", "warm")),
                  *(_mean_std(seed_values(arm, runs, "all", key))
                    for key in (f"category_entropy@{diversity_k}", f"mean_popularity@{diversity_k}"))]
-        comparison = comparisons.get((arm.variant, arm.model))
+        test = tests.get((arm.variant, arm.model))
         if ablation.baseline:
-            test = comparison.tests["auc"] if comparison else None
             cells += ([f"{test.mean_difference:+.4f} [{test.ci_low:+.4f}, {test.ci_high:+.4f}]", _p_value(test.p_value)]
                       if test and arm.variant != ablation.baseline else ["-", "-"])
         if oracle:
-            cells.append(oracle_lift_share(float(mean["auc"].mean()), oracle["all"]["auc"]))
+            cells.append(oracle_lift_share(float(by_seed["auc"].mean()), oracle["all"]["auc"]))
         if floor:
-            cells.append("**below**" if mean["auc"].mean() <= floor[1] else "above")
+            cells.append("**below**" if by_seed["auc"].mean() <= floor[1] else "above")
         if with_cost:
             tokens, usd = llm_cost(generation, tasks[arm.variant])
-            gain = comparison.tests["auc"].mean_difference if comparison else None
+            gain = test.mean_difference if test else None
             cells += [str(tokens), f"{usd:.4f}",
                       cost_per_point(gain, tokens, usd) if tokens and gain is not None else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def _claims(ablation: DictConfig, comparisons: dict[tuple[str, str], Comparison], arms: list[Arm],
-            runs: dict[str, Any], train_dir: Path, level: float) -> list[str]:
+def _claims(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any], train_dir: Path, level: float) -> list[str]:
     """Each claim of the paper read against our numbers: the seeds' spread and the paired test."""
     lines = []
     for claim in ablation.claims:
@@ -257,14 +246,13 @@ def _claims(ablation: DictConfig, comparisons: dict[tuple[str, str], Comparison]
                 raise ValueError(f"ablation {ablation.name}: claim {claim.text!r} names {claim.variant} over {over}, "
                                  f"which are not both arms of model {model}")
             arm, base = pair
-            test = paired_t_test(_per_impression(arm, runs, train_dir)[claim.metric],
-                                 _per_impression(base, runs, train_dir)[claim.metric])
+            test = paired(arm, base, claim.metric, runs, train_dir)
             seeds = seed_values(arm, runs, "all", claim.metric), seed_values(base, runs, "all", claim.metric)
             lines.append(f"- {claim.text} ({claim.variant} over {over}, {model}, {claim.metric}): "
                          f"**{verdict(test, level)}** — {_mean_std(seeds[0])} vs {_mean_std(seeds[1])} over "
                          f"{len(arm.runs)} and {len(base.runs)} seed(s); paired over {test.impressions} impressions "
                          f"Δ {test.mean_difference:+.4f} [{test.ci_low:+.4f}, {test.ci_high:+.4f}], "
-                         f"p = {_p_value(test.p_value)}.")
+                         f"p {'' if test.p_value < 1e-4 else '= '}{_p_value(test.p_value)}.")
     return lines
 
 
@@ -402,17 +390,17 @@ def _recommender_sections(cfg: DictConfig, outputs: dict[str, Any], work_dir: Pa
             sections += _graph_ablation(ablation, arms, runs, generation, list(cfg.eval.topk), train_dir, work_dir)
             continue
         grouped = ablation_arms(arms)
-        comparisons = compare_arms(grouped, ablation.baseline, runs, train_dir) if ablation.baseline else {}
+        tests = compare_arms(grouped, ablation.baseline, runs, train_dir) if ablation.baseline else {}
         floor = best_single_signal(outputs.get("eval"))
         sections += [f"## Ablation `{ablation.name}`: {ablation.title or ablation.name}", "",
-                     *_ablation_rows(ablation, grouped, runs, comparisons, generation, k, oracle, floor), "",
+                     *_ablation_rows(ablation, grouped, runs, tests, generation, k, oracle, floor), "",
                      "Metrics are the mean ± sample std over the arm's seeds (each seed's dev average). Δ is the arm "
                      "minus its baseline per dev impression, each arm's seeds averaged per impression first; p is "
                      "the two-sided paired t-test over those impressions. Runs with equal configuration are trained "
                      f"once and share their values. `new` users have at most {cfg.eval.cold_history_max} history "
                      "clicks." + (f" The last column flags an arm whose mean AUC does not beat the strongest "
                                   f"one-signal baseline ({floor[0]})." if floor else ""), ""]
-        claims = _claims(ablation, comparisons, grouped, runs, train_dir, cfg.significance_level)
+        claims = _claims(ablation, grouped, runs, train_dir, cfg.significance_level)
         if claims:
             sections += [f"What our numbers say of the paper's claims (paired t-test, level {cfg.significance_level}):",
                          "", *claims, ""]
