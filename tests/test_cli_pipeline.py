@@ -183,8 +183,9 @@ def assert_html_report(work: Path, figures: list[str]) -> None:
 @pytest.mark.slow
 def test_killed_pipeline_resumes_and_from_reruns_the_later_stages(tmp_path: Path) -> None:
     work = tmp_path / "run"
-    # POPK's ablation with arm k1 made equal to k0 (uniform negatives): it must be trained once, not twice
-    settings = ["experiment=popk", "data.synth.scale=micro", f"paths.work_dir={work}", "train.max_steps=30",
+    # POPK's ablation with arm k1 made equal to k0 (uniform negatives): it must be trained once, not twice. One
+    # seed (`seeds=[]`): resume is under test here; seeds are tests/test_train.py's protocol test
+    settings = ["experiment=popk", "seeds=[]", "data.synth.scale=micro", f"paths.work_dir={work}", "train.max_steps=30",
                 "train.checkpoint_every_n_steps=5", "train.progress=false",
                 "ablations.0.variants.1.set={train.sampler.kind:uniform,train.sampler.popk_count:2}"]
     command = [sys.executable, "-m", "newsrec_dist.cli", "run", *settings]
