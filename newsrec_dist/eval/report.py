@@ -170,17 +170,20 @@ def _per_impression(arm: Arm, runs: dict[str, Any], train_dir: Path) -> pd.DataF
     return seed_average([read_per_impression(directory) for directory in directories])
 
 
-def paired(arm: Arm, baseline: Arm, metric: str, runs: dict[str, Any], train_dir: Path) -> PairedTest:
-    """``arm`` against ``baseline`` on one metric, paired over the dev impressions (each arm's seeds averaged)."""
-    return paired_t_test(_per_impression(arm, runs, train_dir)[metric], _per_impression(baseline, runs, train_dir)[metric])
+Frames = dict[tuple[str, str], pd.DataFrame]  # (variant, model) → the arm's seed-averaged per-impression metrics
 
 
-def compare_arms(arms: list[Arm], baseline: str, runs: dict[str, Any], train_dir: Path
-                 ) -> dict[tuple[str, str], PairedTest]:
+def arm_frames(arms: list[Arm], runs: dict[str, Any], train_dir: Path) -> Frames:
+    """Each arm's per-impression metrics, read once for the table and the claims."""
+    return {(arm.variant, arm.model): _per_impression(arm, runs, train_dir) for arm in arms}
+
+
+def compare_arms(arms: list[Arm], baseline: str, frames: Frames) -> dict[tuple[str, str], PairedTest]:
     """Each arm's AUC against the baseline variant of its model (keyed by variant and model)."""
-    base = {arm.model: arm for arm in arms if arm.variant == baseline}
-    return {(arm.variant, arm.model): paired(arm, base[arm.model], "auc", runs, train_dir)
-            for arm in arms if arm.model in base}
+    models = {arm.model for arm in arms if arm.variant == baseline}
+    return {(arm.variant, arm.model): paired_t_test(frames[(arm.variant, arm.model)]["auc"],
+                                                    frames[(baseline, arm.model)]["auc"])
+            for arm in arms if arm.model in models}
 
 
 def _p_value(p: float) -> str:
@@ -234,7 +237,7 @@ def _ablation_rows(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any], 
     return lines
 
 
-def _claims(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any], train_dir: Path, level: float) -> list[str]:
+def _claims(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any], frames: Frames, level: float) -> list[str]:
     """Each claim of the paper read against our numbers: the seeds' spread and the paired test."""
     lines = []
     for claim in ablation.claims:
@@ -246,7 +249,8 @@ def _claims(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any], train_d
                 raise ValueError(f"ablation {ablation.name}: claim {claim.text!r} names {claim.variant} over {over}, "
                                  f"which are not both arms of model {model}")
             arm, base = pair
-            test = paired(arm, base, claim.metric, runs, train_dir)
+            test = paired_t_test(frames[(arm.variant, arm.model)][claim.metric],
+                                 frames[(base.variant, base.model)][claim.metric])
             seeds = seed_values(arm, runs, "all", claim.metric), seed_values(base, runs, "all", claim.metric)
             lines.append(f"- {claim.text} ({claim.variant} over {over}, {model}, {claim.metric}): "
                          f"**{verdict(test, level)}** — {_mean_std(seeds[0])} vs {_mean_std(seeds[1])} over "
@@ -390,7 +394,8 @@ def _recommender_sections(cfg: DictConfig, outputs: dict[str, Any], work_dir: Pa
             sections += _graph_ablation(ablation, arms, runs, generation, list(cfg.eval.topk), train_dir, work_dir)
             continue
         grouped = ablation_arms(arms)
-        tests = compare_arms(grouped, ablation.baseline, runs, train_dir) if ablation.baseline else {}
+        frames = arm_frames(grouped, runs, train_dir) if ablation.baseline or ablation.claims else {}
+        tests = compare_arms(grouped, ablation.baseline, frames) if ablation.baseline else {}
         floor = best_single_signal(outputs.get("eval"))
         sections += [f"## Ablation `{ablation.name}`: {ablation.title or ablation.name}", "",
                      *_ablation_rows(ablation, grouped, runs, tests, generation, k, oracle, floor), "",
@@ -400,7 +405,7 @@ def _recommender_sections(cfg: DictConfig, outputs: dict[str, Any], work_dir: Pa
                      f"once and share their values. `new` users have at most {cfg.eval.cold_history_max} history "
                      "clicks." + (f" The last column flags an arm whose mean AUC does not beat the strongest "
                                   f"one-signal baseline ({floor[0]})." if floor else ""), ""]
-        claims = _claims(ablation, grouped, runs, train_dir, cfg.significance_level)
+        claims = _claims(ablation, grouped, runs, frames, cfg.significance_level)
         if claims:
             sections += [f"What our numbers say of the paper's claims (paired t-test, level {cfg.significance_level}):",
                          "", *claims, ""]
