@@ -62,7 +62,7 @@ def kill_when(command: list[str], ready: Callable[[], bool], env: dict[str, str]
     deadline = time.monotonic() + timeout
     try:
         while not (held := ready()) and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.01)
         assert child.poll() is None, child.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
         assert held, f"not ready after {timeout} s: {command}"
     finally:

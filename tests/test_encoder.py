@@ -114,8 +114,10 @@ def test_ranks_zero3_and_checkpointing_train_the_same_adapter_as_one_process(tin
 
 
 def test_embed_with_ray_data_resumes_and_matches_direct_encoding(micro: Path, tmp_path: Path, ray_dir: str) -> None:
-    prepared = micro  # 500 news, two parts of 256
-    overrides = ["encoder.embed.use_adapter=false", "encoder.embed.rows_per_part=256", "encoder.embed.batch_size=64",
+    # 500 news in parts of 32: when Ray has computed ahead of the writer, the kill must still land before the
+    # last of 16 part writes (two parts of 256 were both written within one poll and the kill came too late)
+    prepared = micro
+    overrides = ["encoder.embed.use_adapter=false", "encoder.embed.rows_per_part=32", "encoder.embed.batch_size=32",
                  "encoder.embed.actor_cpus=1", f"encoder.embed.ray.temp_dir={ray_dir}"]
     command = [sys.executable, "-m", "newsrec_dist.cli", "encoder", "embed", "--quiet", f"paths.work_dir={tmp_path}",
                f"data.prepared_dir={prepared}", "encoder.device=cpu", *overrides]
