@@ -419,8 +419,7 @@ class ProfileAlignConfig:
 
     vectors: str | None = None  # keyed vectors of the item profiles (``encoder embed --profiles``)
     init: bool = True  # layer-0 item embeddings start as the profiles' top principal components
-    align_weight: float = 1.0  # weight of mean ||z_i - W p_i||² over a batch's items (W: learned linear map)
-    cold_items: bool = True  # items without a training click are scored with W p_i
+    align_weight: float = 1.0  # weight of mean ||z_i - W p_i||² over a batch's warm items (W: the learned text map)
 
 
 @dataclass
@@ -431,6 +430,8 @@ class GraphCFConfig:
     layers: int = 3
     reg_weight: float = 1.0e-4  # L2 on the batch's layer-0 embeddings (PyG's recommendation_loss)
     init_std: float = 0.1
+    # BPR's sampled news: warm (with a training click; plain LightGCN) | all (PFR: cold news learn to rank low too)
+    negatives: str = "warm"
     profile: ProfileAlignConfig = field(default_factory=ProfileAlignConfig)
 
 
@@ -450,7 +451,8 @@ class ModelConfig:
 @dataclass
 class SamplerConfig:
     kind: str = "uniform"  # uniform (negatives from the impression) | popk (+ popular news as negatives)
-    popk_count: int = 2  # popk: how many of the ``negatives`` are popular news
+    popk_count: int = 2  # popk: how many popular news each click gets as negatives
+    popk_mode: str = "add"  # add: k impression negatives + popk_count popular (the seed) | replace: popular in k
     popk_pool: int = 20  # popk: drawn from the N most clicked news before the impression time
     popk_bucket_hours: float = 1.0  # popularity is recounted every this many hours
     popk_window_hours: float | None = 24.0  # clicks of the last this many hours count (news go stale); None: all

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -68,25 +69,60 @@ def test_popular_news_are_the_most_clicked_before_the_bucket() -> None:
         assert sorted(counts[top].tolist(), reverse=True) == sorted(counts.tolist(), reverse=True)[:5]
 
 
-def test_popk_injects_popular_news_but_never_the_clicked_one() -> None:
+def _popular_toy(count: int, mode: str, clicks: tuple[int, ...] = (3, 3, 3, 5, 5, 8),
+                 pool: int = 2) -> tuple[ImpressionSet, Clicks, SamplerConfig, PopularNews]:
     impressions = toy_impressions()
-    clicks = Clicks.of(impressions)
-    counter = ClickCounter(np.array([3, 3, 3, 5, 5, 8]), np.array([0, 0, 0, 0, 0, 0]))
-    cfg = SamplerConfig(kind="popk", popk_count=2, popk_pool=2, popk_bucket_hours=1.0, popk_window_hours=None)
-    popular = PopularNews(counter, 10, impressions.time, cfg)
+    counter = ClickCounter(np.array(clicks), np.zeros(len(clicks), np.int64))
+    cfg = SamplerConfig(kind="popk", popk_count=count, popk_mode=mode, popk_pool=pool, popk_bucket_hours=1.0,
+                        popk_window_hours=None)
+    return impressions, Clicks.of(impressions), cfg, PopularNews(counter, 10, impressions.time, cfg)
+
+
+def _draws(impressions: ImpressionSet, clicks: Clicks, cfg: SamplerConfig, popular: PopularNews) -> np.ndarray:
+    return np.stack([draw_candidates(impressions, clicks, 4, cfg, popular, np.random.default_rng(seed))
+                     for seed in range(400)])
+
+
+def test_popk_replace_swaps_popular_news_into_the_first_negatives_but_never_a_clicked_one() -> None:
+    impressions, clicks, cfg, popular = _popular_toy(2, "replace")
     # 3 and 5 are the popular pair after time 0; clicks: news 0 (time 0), 5 (impression negatives 4, 6), 7 and 8
-    drawn = np.stack([draw_candidates(impressions, clicks, 4, cfg, popular, np.random.default_rng(seed))
-                      for seed in range(400)])
+    drawn = _draws(impressions, clicks, cfg, popular)
+    assert drawn.shape == (400, 4, 5)
     assert set(drawn[:, 0, 1:].ravel().tolist()) <= {1, 2, 3}  # time 0: nothing is popular yet
     assert set(drawn[:, :, 3:].ravel().tolist()) <= {1, 2, 3, 4, 6, 9}  # slots past popk_count: impression only
-    clicked_five = drawn[:, 1, 1:3].ravel()
-    assert 5 not in clicked_five and set(clicked_five.tolist()) <= {3, 4, 6}  # the click falls back to 4 or 6
-    assert 0.4 < np.mean(clicked_five == 3) < 0.6  # half the picks are 3, the other half were 5
-    later = drawn[:, 2:, 1:3].ravel()
-    assert set(later.tolist()) == {3, 5} and 0.4 < np.mean(later == 3) < 0.6  # popular slots: only 3 and 5
+    clicked_five = drawn[:, 1, 1:3]
+    # 5 is clicked there, so 3 is the only popular draw: one slot holds it, the other its impression negative
+    assert 5 not in clicked_five and ((clicked_five == 3).sum(axis=1) == 1).all()
+    later = drawn[:, 2:, 1:3]
+    assert (np.sort(later, axis=-1) == [3, 5]).all()  # both popular news, each once: drawn without replacement
     with pytest.raises(ValueError, match="popk_count"):
-        draw_candidates(impressions, clicks, 4, SamplerConfig(kind="popk", popk_count=5), popular,
-                        np.random.default_rng(1))
+        draw_candidates(impressions, clicks, 4, SamplerConfig(kind="popk", popk_count=5, popk_mode="replace"),
+                        popular, np.random.default_rng(1))
+
+
+def test_popk_add_keeps_the_impression_negatives_and_adds_popular_news_the_user_never_clicked() -> None:
+    # the pool after time 0: 3, 5, 8 and 1; impression 1 has 1 in its history and clicked 5, impression 2 clicked 8
+    impressions, clicks, cfg, popular = _popular_toy(2, "add", clicks=(3, 3, 3, 5, 5, 8, 8, 1, 1), pool=4)
+    uniform = _draws(impressions, clicks, SamplerConfig(), None)
+    drawn = _draws(impressions, clicks, cfg, popular)
+    assert drawn.shape == (400, 4, 7)  # 1 + 4 impression negatives + 2 popular
+    assert (drawn[:, :, :5] == uniform).all()  # the impression's negatives are the uniform sampler's, untouched
+    added = drawn[:, :, 5:]
+    clicked_or_history = {0: {0, 9, 8, 6, 5}, 1: {5, 1, 2}, 2: {7, 8}}
+    non_clicked = {0: {1, 2, 3}, 1: {4, 6}, 2: {9}}
+    for sample, owner in enumerate(clicks.owner.tolist()):
+        popular_now = {1, 3, 5, 8} if sample else set()
+        for a, b in added[:, sample].tolist():
+            assert not {a, b} & clicked_or_history[owner], (sample, a, b)
+            # popular picks are distinct; a slot the pool cannot fill gets an impression negative
+            assert {a, b} <= (popular_now | non_clicked[owner]) and (a != b or a in non_clicked[owner])
+    assert (np.sort(added[:, 1], axis=-1) == [3, 8]).all()  # impression 1: 1 (history) and 5 (clicked) barred
+    assert set(added[:, 2:].ravel().tolist()) == {1, 3, 5}  # impression 2: 8 clicked there, 1 allowed
+    assert draw_candidates(impressions, clicks, 4, dataclasses.replace(cfg, popk_count=6), popular,
+                           np.random.default_rng(0)).shape == (4, 11)  # add mode: more popular than negatives
+    with pytest.raises(ValueError, match="popk_mode"):
+        draw_candidates(impressions, clicks, 4, dataclasses.replace(cfg, popk_mode="swap"), popular,
+                        np.random.default_rng(0))
 
 
 def _batches(split: SplitArrays, rank: int = 0, world: int = 1) -> TrainBatches:

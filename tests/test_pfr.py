@@ -15,10 +15,11 @@ from helpers import THREADS, run
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMRR, RetrievalNormalizedDCG, RetrievalRecall
 
-from newsrec_dist.config import GenerateTasksConfig
+from newsrec_dist.config import GenerateTasksConfig, GraphCFConfig, ProfileAlignConfig
 from newsrec_dist.data.prepare import read_news_table
-from newsrec_dist.eval.topk import Csr, topk_metrics
+from newsrec_dist.eval.topk import Csr, topk_means, topk_per_user
 from newsrec_dist.generate.tasks import item_profile_outputs
+from newsrec_dist.models.lightgcn import GraphRecommender
 from newsrec_dist.train.graph_cf import GraphBatches, load_click_graph
 
 LIBRARY = {"recall": RetrievalRecall, "ndcg": RetrievalNormalizedDCG, "mrr": RetrievalMRR, "hit": RetrievalHitRate}
@@ -34,8 +35,9 @@ def test_topk_metrics_match_torchmetrics_retrieval() -> None:
     relevant[5] = False  # a user without test clicks is left out
     csr = {name: Csr.of_pairs(*np.nonzero(mask), n_users) for name, mask in (("rel", relevant), ("exc", excluded))}
     ks = [3, 10, 40]  # 40: more than the pool holds (a small group such as the cold items), all of it is ranked
-    ours = topk_metrics(lambda start, count: scores[start:start + count].clone(), n_users, csr["rel"], csr["exc"],
-                        ks, n_items)
+    users_scored, per_user = topk_per_user(lambda start, count: scores[start:start + count].clone(), n_users,
+                                           csr["rel"], csr["exc"], ks, n_items)
+    ours = topk_means(users_scored, per_user)
     keep = ~excluded & relevant.any(axis=1, keepdims=True)
     users, items = np.nonzero(keep)
     for name, metric in LIBRARY.items():
@@ -44,6 +46,12 @@ def test_topk_metrics_match_torchmetrics_retrieval() -> None:
                                        indexes=torch.from_numpy(users))
             assert ours[f"{name}@{k}"] == pytest.approx(float(expected), abs=1e-6), f"{name}@{k}"
     assert ours["users"] == int(relevant.any(axis=1).sum())
+    assert users_scored.tolist() == np.flatnonzero(relevant.any(axis=1)).tolist()
+    for user in (0, 17):  # per user, as the library computes it for that user alone
+        own = keep[user]
+        expected = RetrievalNormalizedDCG(top_k=10)(scores[user, own], torch.from_numpy(relevant[user, own]),
+                                                    indexes=torch.zeros(int(own.sum()), dtype=torch.long))
+        assert per_user["ndcg@10"][users_scored.tolist().index(user)] == pytest.approx(float(expected), abs=1e-6)
 
 
 def test_click_graph_is_a_time_split_and_accounts_for_every_click(tiny: tuple[Path, Path]) -> None:
@@ -117,6 +125,8 @@ def test_graph_batches_resume_mid_epoch_with_the_same_samples(tiny: tuple[Path, 
     epochs = [list(whole), list(whole)]  # two epochs draw different negatives and orders
     assert not torch.equal(epochs[0][0]["negatives"], epochs[1][0]["negatives"])
     assert graph.warm[torch.cat([batch["negatives"] for batch in epochs[0]]).numpy()].all()
+    every = torch.cat([batch["negatives"] for batch in GraphBatches(graph, 256, 5, negatives="all")]).numpy()
+    assert not graph.warm[every].all()  # PFR: cold news are BPR negatives too
     interrupted = GraphBatches(graph, batch_size=256, seed=5)
     stream = iter(interrupted)
     head = [next(stream) for _ in range(3)]
@@ -127,3 +137,25 @@ def test_graph_batches_resume_mid_epoch_with_the_same_samples(tiny: tuple[Path, 
     ranks = [GraphBatches(graph, batch_size=128, seed=5, rank=rank, world_size=2) for rank in (0, 1)]
     first = [next(iter(batches))["positives"] for batches in ranks]
     assert len(first[0]) == len(first[1]) == 128 and not torch.equal(first[0], first[1])
+
+
+def test_pfr_scores_z_plus_the_mapped_profile_and_bpr_trains_the_map_through_cold_negatives() -> None:
+    torch.manual_seed(0)
+    edges = torch.tensor([[0, 0, 1], [0, 1, 1]])  # users 0 and 1 clicked news 0 and 1; news 2 and 3 are cold
+    warm = torch.tensor([True, True, False, False])
+    profiles = torch.randn(4, 6)
+    cfg = GraphCFConfig(embedding_dim=4, layers=2, reg_weight=0.0, negatives="all",
+                        profile=ProfileAlignConfig(vectors="profiles", init=False, align_weight=0.0))
+    model = GraphRecommender(cfg, 2, 4, edges, warm, profiles)
+    users, items = model.embeddings()
+    z = model.gcn.get_embedding(model.edge_index, model.edge_weight)
+    assert torch.allclose(users, z[:2])
+    assert model.project is not None
+    mapped = model.project(profiles)
+    assert torch.allclose(items[:2], z[2:4] + mapped[:2]) and torch.allclose(items[2:], mapped[2:])
+    model.loss({"users": torch.tensor([0]), "positives": torch.tensor([0]), "negatives": torch.tensor([3])}).backward()
+    assert model.project.weight.grad is not None and model.project.weight.grad.abs().sum() > 0
+    layer0 = model.gcn.embedding.weight.grad
+    assert layer0 is not None and not layer0[2 + 3].any() and layer0[2 + 0].any()  # a cold news' z is 0
+    plain = GraphRecommender(GraphCFConfig(embedding_dim=4, layers=2), 2, 4, edges, warm)
+    assert torch.allclose(plain.embeddings()[1], plain.gcn.get_embedding(plain.edge_index, plain.edge_weight)[2:])

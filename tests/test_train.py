@@ -153,7 +153,8 @@ def test_seeds_early_stopping_and_paired_tests_through_the_cli(tiny: tuple[Path,
     prepared, _ = tiny
     ablation = ("ablations=[{name: rate, baseline: low, variants: [{name: low, model: nrms}, "
                 "{name: high, model: nrms, set: {train.lr: 0.03}}], "
-                "claims: [{text: 'a higher rate ranks better', variant: high}]}]")
+                "claims: [{text: 'a higher rate ranks better', variant: high}, "
+                "{text: 'a higher rate diversifies', variant: high, metric: 'category_entropy@10'}]}]")
     settings = [setting for setting in overrides(prepared, tmp_path / "train") if not setting.startswith("train.epochs")]
     # news as their subcategory only (a few seconds an epoch): the protocol is under test, not the model
     result = CliRunner().invoke(app, ["run", *settings, "stages=[train,report]", "train.models=[]", ablation,
@@ -188,6 +189,12 @@ def test_seeds_early_stopping_and_paired_tests_through_the_cli(tiny: tuple[Path,
     assert f"| low | 2 | {np.mean(seeds):.4f} ± {np.std(seeds, ddof=1):.4f} |" in report
     assert f"{test.mean_difference:+.4f} [{test.ci_low:+.4f}, {test.ci_high:+.4f}]" in report
     assert f"- a higher rate ranks better (high over low, nrms, auc): **{verdict(test, 0.05)}**" in report
+    # the per-impression files carry the top-10 diversity too: a claim may be about it
+    assert read_per_impression(tmp_path / "train" / "rate.low.seed1")["category_entropy@10"].mean() == \
+        pytest.approx(first["metrics"]["all"]["category_entropy@10"], abs=1e-9)
+    entropy = paired_t_test(per_arm["high"]["category_entropy@10"], per_arm["low"]["category_entropy@10"])
+    assert f"- a higher rate diversifies (high over low, nrms, category_entropy@10): **{verdict(entropy, 0.05)}**" \
+        in report
 
 
 # Last in the file: a SIGTERM that Ray's shutdown leaves for Lightning's handler in this process ended the next

@@ -57,19 +57,26 @@ def user_groups(impressions: ImpressionSet, cold_history_max: int) -> dict[str, 
     return {"all": None, "new": new, "warm": ~new}
 
 
-def evaluate_scores(data: EvalData, scores: np.ndarray, cold_history_max: int, diversity_k: int) -> dict[str, Any]:
-    """Ranking metrics and diversity per user group for one set of candidate scores."""
+def per_impression_metrics(data: EvalData, scores: np.ndarray, diversity_k: int
+                           ) -> tuple[dict[str, np.ndarray], float]:
+    """AUC, MRR, nDCG@5/10 and the top-k diversity of every impression, and the split's item coverage@k."""
     imps = data.impressions
     assert imps.labels is not None
-    per_impression = impression_metrics(scores, imps.labels, imps.offsets)
     known = imps.candidates >= 0
     categories = np.where(known, data.catalog.category[np.maximum(imps.candidates, 0)], -1)
     diversity = diversity_metrics(scores, imps.offsets, imps.candidates, categories, data.popularity, diversity_k)
-    per_impression_diversity = {name: value for name, value in diversity.items() if isinstance(value, np.ndarray)}
+    ranking = impression_metrics(scores, imps.labels, imps.offsets)
+    per_impression = ranking | {name: value for name, value in diversity.items() if isinstance(value, np.ndarray)}
+    return per_impression, float(diversity[f"item_coverage@{diversity_k}"])
+
+
+def evaluate_scores(data: EvalData, scores: np.ndarray, cold_history_max: int, diversity_k: int) -> dict[str, Any]:
+    """Ranking metrics and diversity per user group for one set of candidate scores."""
+    per_impression, item_coverage = per_impression_metrics(data, scores, diversity_k)
     results: dict[str, Any] = {}
-    for group, mask in user_groups(imps, cold_history_max).items():
-        results[group] = summarize(per_impression, mask) | summarize(per_impression_diversity, mask)
-    results["all"][f"item_coverage@{diversity_k}"] = float(diversity[f"item_coverage@{diversity_k}"])
+    for group, mask in user_groups(data.impressions, cold_history_max).items():
+        results[group] = summarize(per_impression, mask)
+    results["all"][f"item_coverage@{diversity_k}"] = item_coverage
     return results
 
 

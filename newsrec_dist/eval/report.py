@@ -17,7 +17,9 @@ from omegaconf import DictConfig
 from newsrec_dist.charts import grouped_bars, horizontal_bars, line_chart
 from newsrec_dist.config import config_yaml
 from newsrec_dist.eval.evaluate import ORACLE, metrics_markdown, oracle_lift_share, oracle_metrics
-from newsrec_dist.eval.significance import PairedTest, paired_t_test, read_per_impression, seed_average, verdict
+from newsrec_dist.eval.significance import (
+    PER_IMPRESSION_FILE, PER_USER_FILE, PairedTest, paired_t_test, read_per_impression, seed_average, verdict,
+)
 from newsrec_dist.io import atomic_write_text
 
 
@@ -164,10 +166,11 @@ def _mean_std(values: np.ndarray) -> str:
     return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
 
 
-def _per_impression(arm: Arm, runs: dict[str, Any], train_dir: Path) -> pd.DataFrame:
-    """The arm's per-impression metrics averaged over its seeds (runs shared by equal arms are read once)."""
+def _per_row(arm: Arm, runs: dict[str, Any], train_dir: Path, file: str = PER_IMPRESSION_FILE) -> pd.DataFrame:
+    """The arm's per-impression (graph CF: per-user) metrics averaged over its seeds (runs shared by equal arms are
+    read once)."""
     directories = dict.fromkeys(train_dir / runs[name]["model"] for name in arm.runs)
-    return seed_average([read_per_impression(directory) for directory in directories])
+    return seed_average([read_per_impression(directory, file) for directory in directories])
 
 
 Frames = dict[tuple[str, str], pd.DataFrame]  # (variant, model) → the arm's seed-averaged per-impression metrics
@@ -175,7 +178,7 @@ Frames = dict[tuple[str, str], pd.DataFrame]  # (variant, model) → the arm's s
 
 def arm_frames(arms: list[Arm], runs: dict[str, Any], train_dir: Path) -> Frames:
     """Each arm's per-impression metrics, read once for the table and the claims."""
-    return {(arm.variant, arm.model): _per_impression(arm, runs, train_dir) for arm in arms}
+    return {(arm.variant, arm.model): _per_row(arm, runs, train_dir) for arm in arms}
 
 
 def compare_arms(arms: list[Arm], baseline: str, frames: Frames) -> dict[tuple[str, str], PairedTest]:
@@ -206,7 +209,7 @@ def _ablation_rows(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any], 
     tasks = {variant.name: list(variant.llm_tasks) for variant in ablation.variants}
     with_cost = bool(generation) and any(tasks.values())
     header = ["variant", *(["model"] if ablation.models else []), "seeds", "AUC", "MRR", "nDCG@5", "nDCG@10",
-              "AUC new", "AUC warm", f"entropy@{diversity_k}", f"popularity@{diversity_k}",
+              "AUC new", "AUC warm", f"entropy@{diversity_k}", f"coverage@{diversity_k}", f"popularity@{diversity_k}",
               *([f"Δ AUC vs {ablation.baseline} [95 % CI]", "p (paired t)"] if ablation.baseline else []),
               *(["AUC lift / oracle's"] if oracle else []),
               *([f"≤ {floor[0]} ({floor[1]:.4f})?"] if floor else []),
@@ -219,7 +222,8 @@ def _ablation_rows(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any], 
                  *(_mean_std(values) for values in by_seed.values()),
                  *(_mean_std(seed_values(arm, runs, group, "auc")) for group in ("new", "warm")),
                  *(_mean_std(seed_values(arm, runs, "all", key))
-                   for key in (f"category_entropy@{diversity_k}", f"mean_popularity@{diversity_k}"))]
+                   for key in (f"category_entropy@{diversity_k}", f"item_coverage@{diversity_k}",
+                               f"mean_popularity@{diversity_k}"))]
         test = tests.get((arm.variant, arm.model))
         if ablation.baseline:
             cells += ([f"{test.mean_difference:+.4f} [{test.ci_low:+.4f}, {test.ci_high:+.4f}]", _p_value(test.p_value)]
@@ -264,32 +268,35 @@ TOPK_GROUPS = {"all": "the pool", "cold_items": "the pool's cold news (no traini
                "warm_items": "the pool's warm news"}
 
 
-def _topk_table(names: list[str], labels: list[str], runs: dict[str, Any], group: str, ks: list[int],
-                baseline: str | None) -> list[str]:
-    """Recall/NDCG/MRR/Hit at each k for one group of news; Δ NDCG@max(k) against ``baseline`` (a run name)."""
+TopkTests = dict[tuple[str, str], PairedTest]  # (variant, group of news) → NDCG@max(k) against the baseline
+
+
+def _topk_table(arms: list[Arm], runs: dict[str, Any], group: str, ks: list[int], tests: TopkTests) -> list[str]:
+    """Recall/NDCG/MRR/Hit at each k for one group of news (mean ± std over each arm's seeds); with ``tests``,
+    Δ NDCG@max(k) against the baseline, paired over the test users."""
     keys = [f"{metric}@{k}" for k in ks for metric in ("recall", "ndcg", "mrr", "hit")]
-    top = f"ndcg@{max(ks)}"
-    header = ["run", *[key.replace("ndcg", "NDCG").replace("recall", "Recall").replace("mrr", "MRR")
-                       .replace("hit", "Hit") for key in keys], "users",
-              *([f"Δ NDCG@{max(ks)}"] if baseline else [])]
+    header = ["arm", "seeds", *[key.replace("ndcg", "NDCG").replace("recall", "Recall").replace("mrr", "MRR")
+                                .replace("hit", "Hit") for key in keys], "users",
+              *([f"Δ NDCG@{max(ks)} [95 % CI]", "p (paired t)"] if tests else [])]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    for name, label in zip(names, labels):
-        metrics = runs[name]["metrics"][group]
-        cells = [label, *(f"{metrics[key]:.4f}" for key in keys), str(metrics["users"])]
-        if baseline:
-            cells.append(f"{metrics[top] - runs[baseline]['metrics'][group][top]:+.4f}")
+    for arm in arms:
+        cells = [arm.variant, str(len(arm.runs)), *(_mean_std(seed_values(arm, runs, group, key)) for key in keys),
+                 str(runs[arm.runs[0]]["metrics"][group]["users"])]
+        if tests:
+            test = tests.get((arm.variant, group))
+            cells += ([f"{test.mean_difference:+.4f} [{test.ci_low:+.4f}, {test.ci_high:+.4f}]", _p_value(test.p_value)]
+                      if test else ["-", "-"])
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def _topk_sections(names: list[str], labels: list[str], runs: dict[str, Any], ks: list[int],
-                   baseline: str | None) -> list[str]:
+def _topk_sections(arms: list[Arm], runs: dict[str, Any], ks: list[int], tests: TopkTests) -> list[str]:
     """A table per group of news (all, cold, warm) and the time split's accounting."""
     sections: list[str] = []
     for group, title in TOPK_GROUPS.items():
         sections += [f"Top-k over {title}, test users of the time split:", "",
-                     *_topk_table(names, labels, runs, group, ks, baseline), ""]
-    split = runs[names[0]]["split"]
+                     *_topk_table(arms, runs, group, ks, tests), ""]
+    split = runs[arms[0].runs[0]]["split"]
     rows = [f"| {source} | {entry['rows']} | {entry['kept']} | "
             f"{'; '.join(f'{reason}: {count}' for reason, count in entry['rejected'].items()) or '-'} |"
             for source, entry in split.items() if isinstance(entry, dict)]
@@ -301,11 +308,21 @@ def _topk_sections(names: list[str], labels: list[str], runs: dict[str, Any], ks
     return sections
 
 
-def _topk_chart(title: str, labels: list[str], names: list[str], runs: dict[str, Any], k: int, path: Path) -> None:
-    panels = {f"{metric}@{k}": {TOPK_GROUPS[group]: [runs[name]["metrics"][group][f"{key}@{k}"] for name in names]
+def _topk_tests(arms: list[Arm], baseline: str, runs: dict[str, Any], train_dir: Path, k: int) -> TopkTests:
+    """Each arm's NDCG@k per group against the baseline's, over the same test users (seeds averaged per user)."""
+    frames = {arm.variant: _per_row(arm, runs, train_dir, PER_USER_FILE) for arm in arms}
+    return {(arm.variant, group): paired_t_test(frames[arm.variant][f"{group}/ndcg@{k}"],
+                                                frames[baseline][f"{group}/ndcg@{k}"])
+            for arm in arms if arm.variant != baseline for group in TOPK_GROUPS}
+
+
+def _topk_chart(title: str, arms: list[Arm], runs: dict[str, Any], k: int, path: Path) -> None:
+    """Recall and NDCG@k of every arm (the seeds' mean) over the pool and its cold news."""
+    panels = {f"{metric}@{k}": {TOPK_GROUPS[group]: [float(seed_values(arm, runs, group, f"{key}@{k}").mean())
+                                                     for arm in arms]
                                 for group in ("all", "cold_items")}
               for metric, key in (("Recall", "recall"), ("NDCG", "ndcg"))}
-    grouped_bars(path, title, labels, panels)
+    grouped_bars(path, title, [arm.variant for arm in arms], panels)
 
 
 def _ablation_chart(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any], diversity_k: int,
@@ -348,23 +365,26 @@ def _figure(title: str, path: Path, work_dir: Path) -> list[str]:
 
 def _graph_ablation(ablation: DictConfig, arms: list[dict[str, str]], runs: dict[str, Any],
                     generation: dict[str, Any] | None, ks: list[int], train_dir: Path, work_dir: Path) -> list[str]:
-    """PFR-style ablations: top-k tables per group of news, LLM work per variant, charts."""
+    """PFR-style ablations: top-k tables per group of news (mean ± std over seeds, paired tests over users), LLM
+    work per variant, charts."""
     figures = work_dir / FIGURES
-    # one row per run: a seed's own (mean ± std and paired tests over users are not there yet for top-k tables)
-    names = [arm["run"] for arm in arms]
-    labels = [arm["variant"] + (f" seed {arm['seed']}" if arm.get("seed") is not None else "") for arm in arms]
-    baseline = next((arm["run"] for arm in arms if arm["variant"] == ablation.baseline), None)
+    grouped = ablation_arms(arms)
+    tests = _topk_tests(grouped, ablation.baseline, runs, train_dir, max(ks)) if ablation.baseline else {}
     sections = [f"## Ablation `{ablation.name}`: {ablation.title or ablation.name}", "",
-                *_topk_sections(names, labels, runs, ks, baseline)]
+                *_topk_sections(grouped, runs, ks, tests),
+                "Metrics are the mean ± sample std over the arm's seeds (each seed's average over test users). Δ is "
+                f"the arm's NDCG@{max(ks)} minus its baseline's per test user, each arm's seeds averaged per user "
+                "first; p is the two-sided paired t-test over those users.", ""]
     tasks = {variant.name: list(variant.llm_tasks) for variant in ablation.variants}
     if generation and any(tasks.values()):
         costs = [f"{variant}: {tokens} tokens (${usd:.4f})" for variant in dict.fromkeys(arm["variant"] for arm in arms)
                  for tokens, usd in [llm_cost(generation, tasks[variant])] if tasks[variant]]
         sections += ["LLM work per variant: " + "; ".join(costs) + ".", ""]
     chart_path = figures / f"ablation-{ablation.name}.png"
-    _topk_chart(ablation.name, labels, names, runs, max(ks), chart_path)
+    _topk_chart(ablation.name, grouped, runs, max(ks), chart_path)
     sections += _figure(ablation.title or ablation.name, chart_path, work_dir)
     curve = figures / f"curves-{ablation.name}.png"
+    names = [arm["run"] for arm in arms]
     if _curves_chart(f"{ablation.name}: training loss", names, runs, train_dir, curve):
         sections += _figure(f"{ablation.name}: training loss", curve, work_dir)
     return sections
@@ -380,7 +400,8 @@ def _recommender_sections(cfg: DictConfig, outputs: dict[str, Any], work_dir: Pa
     models = [name for name in named if name in runs and name not in graph_models]
     if graph_models:
         sections += ["## Graph recommenders (LightGCN, PFR; best checkpoint by NDCG)", "",
-                     *_topk_sections(graph_models, graph_models, runs, list(cfg.eval.topk), None)]
+                     *_topk_sections([Arm(name, name, [name]) for name in graph_models], runs, list(cfg.eval.topk),
+                                     {})]
     if models:
         sections += ["## Recommenders (dev split, best checkpoint by dev AUC)", "",
                      _training_section({name: runs[name] for name in models}, generation, k, oracle), ""]

@@ -1,5 +1,6 @@
-"""Seeds and significance for ablation tables: each run keeps its per-impression metrics, an arm's seeds are
-averaged per impression, and an arm is compared with its baseline by a paired t-test over the same impressions.
+"""Seeds and significance for ablation tables: each run keeps its per-impression metrics (graph CF runs: per test
+user), an arm's seeds are averaged per impression, and an arm is compared with its baseline by a paired t-test
+over the same impressions (users).
 
 Why paired over impressions: every arm scores the same dev impressions, so the per-impression difference removes
 the impressions' own difficulty (most of the variance); averaging the seeds first keeps the test about the arm,
@@ -18,23 +19,27 @@ import pyarrow.parquet as pq
 from scipy import stats
 
 PER_IMPRESSION_FILE = "per_impression.parquet"
+PER_USER_FILE = "per_user.parquet"  # graph CF: one row per test user, ``<group>/<metric>`` columns
 ID = "impression_id"
 
 
-def write_per_impression(run_dir: Path, impression_ids: np.ndarray, metrics: dict[str, np.ndarray]) -> None:
-    """``run_dir/per_impression.parquet``: one row per scored impression, its id and each metric (NaN where
-    undefined, e.g. AUC without a click)."""
-    columns = {ID: pa.array(np.asarray(impression_ids, dtype=np.int64))}
+def write_per_impression(run_dir: Path, ids: np.ndarray, metrics: dict[str, np.ndarray],
+                         file: str = PER_IMPRESSION_FILE, key: str = ID) -> None:
+    """``run_dir/<file>``: one row per scored impression (or user), its id in column ``key`` and each metric (NaN
+    where undefined, e.g. AUC without a click)."""
+    columns = {key: pa.array(np.asarray(ids, dtype=np.int64))}
     columns |= {name: pa.array(np.asarray(values, dtype=np.float64)) for name, values in metrics.items()}
-    pq.write_table(pa.table(columns), Path(run_dir) / PER_IMPRESSION_FILE)
+    pq.write_table(pa.table(columns), Path(run_dir) / file)
 
 
-def read_per_impression(run_dir: Path) -> pd.DataFrame:
-    path = Path(run_dir) / PER_IMPRESSION_FILE
+def read_per_impression(run_dir: Path, file: str = PER_IMPRESSION_FILE) -> pd.DataFrame:
+    """The rows of ``write_per_impression``, indexed by their id (the first column)."""
+    path = Path(run_dir) / file
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the run kept no per-impression metrics (trained before they were "
-                                "written: run its train stage again with --from train)")
-    return pd.read_parquet(path).set_index(ID)
+        raise FileNotFoundError(f"{path}: the run kept no per-impression (per-user) metrics (trained before they "
+                                "were written: run its train stage again with --from train)")
+    frame = pd.read_parquet(path)
+    return frame.set_index(frame.columns[0])
 
 
 def seed_average(frames: list[pd.DataFrame]) -> pd.DataFrame:

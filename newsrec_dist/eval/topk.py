@@ -59,15 +59,22 @@ def top_items(scores: ScoreChunk, rows: np.ndarray, excluded: Csr, k: int, n_use
         yield mine, torch.topk(block[torch.from_numpy(mine - start)], min(k, block.shape[1]), dim=1).indices.numpy()
 
 
-def topk_metrics(scores: ScoreChunk, n_users: int, relevant: Csr, excluded: Csr, ks: list[int],
-                 n_items: int) -> dict[str, float]:
-    """``{"recall@10": ..., "users": n}`` averaged over users with at least one relevant item."""
+def topk_means(users: np.ndarray, per_user: dict[str, np.ndarray]) -> dict[str, float]:
+    """The users' average of each metric of :func:`topk_per_user`, and how many users."""
+    means = {key: float(values.mean()) if len(values) else float("nan") for key, values in per_user.items()}
+    return means | {"users": int(len(users))}
+
+
+def topk_per_user(scores: ScoreChunk, n_users: int, relevant: Csr, excluded: Csr, ks: list[int], n_items: int
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The users with at least one relevant item, and each one's Recall/NDCG/MRR/Hit at every k."""
     k_max = max(ks)
     per_user: dict[str, list[np.ndarray]] = {f"{name}@{k}": [] for name in METRICS for k in ks}
     discounts = 1.0 / np.log2(np.arange(2, k_max + 2))
     ideal = np.concatenate([[0.0], np.cumsum(discounts)])
-    users = np.flatnonzero(relevant.lengths() > 0)
+    users, scored = np.flatnonzero(relevant.lengths() > 0), []
     for mine, top in top_items(scores, users, excluded, k_max, n_users):
+        scored.append(mine)
         hits = _hits(top, mine, relevant, n_items)
         count = relevant.lengths()[mine]
         for k in ks:
@@ -79,8 +86,8 @@ def topk_metrics(scores: ScoreChunk, n_users: int, relevant: Csr, excluded: Csr,
                                          / ideal[np.minimum(count, k)])
             per_user[f"mrr@{k}"].append(np.where(first > 0, 1.0 / np.maximum(first, 1), 0.0))
             per_user[f"hit@{k}"].append((found > 0).astype(np.float64))
-    means = {key: float(np.concatenate(parts).mean()) if parts else float("nan") for key, parts in per_user.items()}
-    return means | {"users": int(len(users))}
+    rows = np.concatenate(scored) if scored else np.zeros(0, np.int64)
+    return rows, {key: np.concatenate(parts) if parts else np.zeros(0) for key, parts in per_user.items()}
 
 
 def _hits(top: np.ndarray, rows: np.ndarray, relevant: Csr, n_items: int) -> np.ndarray:

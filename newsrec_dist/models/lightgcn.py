@@ -1,14 +1,16 @@
-"""LightGCN (torch-geometric) on the user-news click graph, and PFR's alignment with item-profile embeddings.
+"""LightGCN (torch-geometric) on the user-news click graph, and PFR's item profiles.
 
 Nodes are users (rows ``0..n_users-1``) then news (``n_users + code``). Plain LightGCN: random layer-0
 embeddings, BPR with L2 on the batch's layer-0 rows. PFR (``graph.profile.vectors`` set), given each news
-item's profile embedding p_i (an LLM-written profile through the text encoder):
+item's profile embedding p_i (an LLM-written profile through the text encoder), scores every news item with
 
-1. **init**: layer-0 news embeddings start as the top ``embedding_dim`` principal components of the profiles,
-   scaled to ``init_std`` (users stay random);
-2. **align**: a learned linear map W is fitted to the propagated news vectors, and the pull
-   ``align_weight`` · mean ||z_i - W p_i||² over a batch's news regularises them toward the text;
-3. **cold items**: news without a training click have no edge to learn from, so they are scored with W p_i.
+    v_i = z_i + W p_i        (z_i: the propagated LightGCN vector, 0 for news without a training click)
+
+trained end to end by BPR, so the text map W meets the ranking loss, and cold news (z_i = 0, scored by W p_i
+alone) are sampled as negatives too (``graph.negatives: all``) and learn to rank below what users click.
+Optional: **init**, layer-0 news embeddings start as the top ``embedding_dim`` principal components of the
+profiles, scaled to ``init_std``; **align**, the pull ``align_weight`` · mean ||z_i - W p_i||² over a batch's warm
+news, toward the text.
 """
 
 from __future__ import annotations
@@ -57,24 +59,28 @@ class GraphRecommender(nn.Module):
                     self.gcn.embedding.weight[n_users:] = profile_components(profiles, cfg.embedding_dim, cfg.init_std)
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Propagated (users, news) vectors; PFR scores cold news with their mapped profiles."""
+        """Propagated user vectors and every news item's scoring vector."""
         z = self.gcn.get_embedding(self.edge_index, self.edge_weight)
-        users, items = z[: self.n_users], z[self.n_users:]
-        if self.project is not None and self.cfg.profile.cold_items:
-            items = torch.where(self.warm[:, None], items, self.project(self.profiles))
-        return users, items
+        return z[: self.n_users], self.item_vectors(z[self.n_users:], torch.arange(self.n_items, device=z.device))
+
+    def item_vectors(self, z_items: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scoring vectors of news ``items`` from their propagated rows ``z_items``: PFR's z_i + W p_i."""
+        if self.project is None:
+            return z_items
+        return torch.where(self.warm[items, None], z_items, 0.0) + self.project(self.profiles[items])
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """BPR over (user, clicked news, sampled news) triples, L2 on their layer-0 rows, and PFR's pull."""
         z = self.gcn.get_embedding(self.edge_index, self.edge_weight)
         users, positives, negatives = batch["users"], batch["positives"], batch["negatives"]
         user_vectors = z[users]
-        positive = (user_vectors * z[self.n_users + positives]).sum(-1)
-        negative = (user_vectors * z[self.n_users + negatives]).sum(-1)
+        positive = (user_vectors * self.item_vectors(z[self.n_users + positives], positives)).sum(-1)
+        negative = (user_vectors * self.item_vectors(z[self.n_users + negatives], negatives)).sum(-1)
         nodes = torch.cat([users, self.n_users + positives, self.n_users + negatives])
         loss = self.gcn.recommendation_loss(positive, negative, node_id=nodes, lambda_reg=self.cfg.reg_weight)
         if self.project is not None and self.cfg.profile.align_weight > 0:
             items = torch.unique(torch.cat([positives, negatives]))
+            items = items[self.warm[items]]  # a cold item's z is 0 by definition: nothing to align
             gap = z[self.n_users + items] - self.project(self.profiles[items])
             loss = loss + self.cfg.profile.align_weight * gap.pow(2).sum(-1).mean()
         return loss

@@ -9,8 +9,9 @@ news the user had already clicked). News without a training edge are the **cold 
 **Evaluation** (``eval.topk``): per test user, the pool (``eval.topk_pool``: the news shown in the test split's
 impressions, or the whole catalogue) minus what the user clicked in training is ranked; ``all`` ranks the pool,
 ``cold_items`` only its cold news (can a model order news nobody clicked yet?), ``warm_items`` only its news with
-training clicks. Negatives for BPR are drawn from warm news, the items a
-model could know at training time.
+training clicks. Negatives for BPR are drawn from warm news, the items plain LightGCN can know at training time,
+or (PFR, ``model.graph.negatives: all``) from every news item, cold ones included: their text vectors must learn
+to rank below what users click.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import torch
 
 from newsrec_dist.arrays import first_occurrences
 from newsrec_dist.eval.impressions import ImpressionSet, NewsCatalog, load_catalog, load_impressions
-from newsrec_dist.eval.topk import Csr, ScoreChunk, top_items, topk_metrics
+from newsrec_dist.eval.significance import PER_USER_FILE, write_per_impression
+from newsrec_dist.eval.topk import Csr, ScoreChunk, top_items, topk_means, topk_per_user
 from newsrec_dist.models.lightgcn import GraphRecommender
 from newsrec_dist.progress import ProgressFactory
 from newsrec_dist.train.features import vector_source
@@ -167,19 +169,38 @@ def _profiles(catalog: NewsCatalog, path: str | None, keywords_path: str) -> tup
 
 
 class GraphBatches(EpochBatches):
-    """One sample per training edge: (user, clicked news, a warm news drawn uniformly) per epoch."""
+    """One sample per training edge: (user, clicked news, a news drawn uniformly from ``negatives``: warm news or
+    all) per epoch."""
 
-    def __init__(self, graph: ClickGraph, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.graph, self.warm_items = graph, np.flatnonzero(graph.warm)
+    def __init__(self, graph: ClickGraph, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 negatives: str = "warm") -> None:
+        if negatives not in ("warm", "all"):
+            raise ValueError(f"model.graph.negatives must be warm or all, got {negatives!r}")
+        self.graph = graph
+        self.candidates = np.flatnonzero(graph.warm) if negatives == "warm" else np.arange(len(graph.warm))
         super().__init__(graph.edges.shape[1], batch_size, seed, rank, world_size)
 
     def draw(self, rng: np.random.Generator) -> np.ndarray:
-        return self.warm_items[rng.integers(0, len(self.warm_items), self.samples)]
+        return self.candidates[rng.integers(0, len(self.candidates), self.samples)]
 
     def batch(self, drawn: np.ndarray, samples: np.ndarray) -> dict[str, torch.Tensor]:
         return {"users": torch.from_numpy(self.graph.edges[0, samples]),
                 "positives": torch.from_numpy(self.graph.edges[1, samples]),
                 "negatives": torch.from_numpy(drawn[samples])}
+
+
+def _write_per_user(directory: Path, groups: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]) -> None:
+    """One row per test user (graph row: the same users in every arm of the same data), ``<group>/<metric>``
+    columns, NaN where a group has no relevant news for the user."""
+    everyone = np.unique(np.concatenate([users for users, _ in groups.values()]))
+    columns = {}
+    for group, (users, metrics) in groups.items():
+        position = np.searchsorted(everyone, users)
+        for name, values in metrics.items():
+            column = np.full(len(everyone), np.nan)
+            column[position] = values
+            columns[f"{group}/{name}"] = column
+    write_per_impression(directory, everyone, columns, PER_USER_FILE, "user")
 
 
 def _restricted(pairs: Csr, columns: np.ndarray, n_items: int, n_users: int) -> Csr:
@@ -218,22 +239,27 @@ class GraphTask:
                                 torch.from_numpy(data.warm), data.profiles)
 
     def batches(self, run: Any, data: ClickGraph, rank: int, world_size: int) -> GraphBatches:
-        return GraphBatches(data, run.train.batch_size, run.train.seed, rank, world_size)
+        return GraphBatches(data, run.train.batch_size, run.train.seed, rank, world_size, run.model.graph.negatives)
 
     @torch.no_grad()
     def evaluate(self, model: GraphRecommender, run: Any, data: ClickGraph, device: torch.device
                  ) -> tuple[dict[str, Any], None]:
+        return {group: topk_means(*values) for group, values in self._per_user(model, data).items()}, None
+
+    @torch.no_grad()
+    def _per_user(self, model: GraphRecommender, data: ClickGraph) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Per group of news: the test users it scores and their top-k metrics."""
         model.eval()
         users, items = model.embeddings()
         train, test, n = data.train_csr(), data.test_csr(), data.catalog.size
-        results: dict[str, Any] = {}
+        results = {}
         for group, columns in self._groups(data).items():
             chosen = torch.from_numpy(columns).to(items.device)
-            results[group] = topk_metrics(_scorer(model, users, items, chosen), data.n_users,
-                                          _restricted(test, columns, n, data.n_users),
-                                          _restricted(train, columns, n, data.n_users), self.ks, len(columns))
+            results[group] = topk_per_user(_scorer(model, users, items, chosen), data.n_users,
+                                           _restricted(test, columns, n, data.n_users),
+                                           _restricted(train, columns, n, data.n_users), self.ks, len(columns))
         model.train()
-        return results, None
+        return results
 
     def _groups(self, data: ClickGraph) -> dict[str, np.ndarray]:
         """The news each group ranks: the pool (shown or every news item), and its cold and warm parts."""
@@ -242,8 +268,11 @@ class GraphTask:
                 "warm_items": np.flatnonzero(pool & data.warm)}
 
     @torch.no_grad()
-    def export(self, directory: Path, model: GraphRecommender, data: ClickGraph, scores: None) -> dict[str, Any]:
-        """``recommendations.parquet``: each test user's top max(k) news (training clicks excluded)."""
+    def export(self, directory: Path, model: GraphRecommender, run: Any, data: ClickGraph, scores: None
+               ) -> dict[str, Any]:
+        """``recommendations.parquet``: each test user's top max(k) news (training clicks excluded); and
+        ``per_user.parquet``, each test user's metrics per group, for the report's paired tests over users."""
+        _write_per_user(directory, self._per_user(model, data))
         model.eval()
         users, items = model.embeddings()
         pool = self._groups(data)["all"]

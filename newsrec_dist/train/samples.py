@@ -1,8 +1,10 @@
 """Training samples and batches from an :class:`ImpressionSet`: one sample per click, k negatives each.
 
 Negatives come from the clicked impression's non-clicked candidates (uniform, with replacement when it shows
-fewer than k), and with **POPK** ``popk_count`` of them are news drawn from the ``popk_pool`` most clicked news
-in the ``popk_window_hours`` before the impression's time. Batches are gathered from flat arrays by index (no per-sample Python).
+fewer than k). **POPK** (LLM4Rec) adds ``popk_count`` news drawn from the ``popk_pool`` most clicked news in the
+``popk_window_hours`` before the impression's time, as the seed describes (``popk_mode: add``: 1 + k + popk
+candidates); ``replace`` swaps them in for the first impression negatives (the k + 0 ablation). Popular draws are
+distinct and never a news the user clicked in the impression or has in the history. Batches are gathered from flat arrays by index (no per-sample Python).
 """
 
 from __future__ import annotations
@@ -82,26 +84,66 @@ class PopularNews:
 
 def draw_candidates(impressions: ImpressionSet, clicks: Clicks, negatives: int, cfg: SamplerConfig,
                     popular: PopularNews | None, rng: np.random.Generator) -> np.ndarray:
-    """[clicks, 1 + negatives] news codes per sample, the clicked news first."""
+    """[clicks, 1 + negatives (+ popk_count in add mode)] news codes per sample, the clicked news first."""
+    drawn = impression_negatives(impressions, clicks, negatives, rng)
+    if cfg.kind == "uniform":
+        return np.concatenate([clicks.news[:, None], drawn], axis=1)
+    if cfg.kind != "popk":
+        raise ValueError(f"train.sampler.kind must be uniform or popk, got {cfg.kind!r}")
+    if cfg.popk_mode not in ("add", "replace"):
+        raise ValueError(f"train.sampler.popk_mode must be add or replace, got {cfg.popk_mode!r}")
+    most = negatives if cfg.popk_mode == "replace" else None  # replace mode swaps within the k negatives
+    if popular is None or cfg.popk_count < 1 or (most is not None and cfg.popk_count > most):
+        bound = f"1..{most} (train.negatives)" if most else "at least 1"
+        raise ValueError(f"train.sampler.popk_count must be {bound} in popk_mode {cfg.popk_mode}, got {cfg.popk_count}")
+    choice = popular_negatives(impressions, clicks, cfg.popk_count, popular, rng)
+    if cfg.popk_mode == "add":
+        # a slot the pool cannot fill (too few popular news the user has not clicked) takes another impression
+        # negative: every sample keeps 1 + negatives + popk_count candidates
+        extra = impression_negatives(impressions, clicks, cfg.popk_count, rng)
+        return np.concatenate([clicks.news[:, None], drawn, np.where(choice < 0, extra, choice)], axis=1)
+    drawn[:, :cfg.popk_count] = np.where(choice < 0, drawn[:, :cfg.popk_count], choice)
+    return np.concatenate([clicks.news[:, None], drawn], axis=1)
+
+
+def impression_negatives(impressions: ImpressionSet, clicks: Clicks, count: int,
+                         rng: np.random.Generator) -> np.ndarray:
+    """[clicks, count] non-clicked news of each click's impression, uniform with replacement."""
     start = clicks.negative_offsets[clicks.owner]
     available = clicks.negative_offsets[clicks.owner + 1] - start
-    picks = (rng.random((clicks.size, negatives)) * np.maximum(available, 1)[:, None]).astype(np.int64)
+    picks = (rng.random((clicks.size, count)) * np.maximum(available, 1)[:, None]).astype(np.int64)
     drawn = clicks.negatives[np.minimum(start[:, None] + picks, len(clicks.negatives) - 1)] if len(clicks.negatives) \
-        else np.zeros((clicks.size, negatives), np.int64)
+        else np.zeros((clicks.size, count), np.int64)
     # an impression without non-clicked news borrows random catalog news (MIND always shows some)
-    drawn = np.where(available[:, None] > 0, drawn, rng.integers(0, max(int(impressions.candidates.max(initial=0)), 1),
-                                                                 drawn.shape))
-    if cfg.kind == "popk":
-        if popular is None or not 0 < cfg.popk_count <= negatives:
-            raise ValueError(f"train.sampler.popk_count must be 1..{negatives} (train.negatives)")
-        pool = popular.at(impressions.time[clicks.owner])
-        choice = pool[np.arange(clicks.size)[:, None], rng.integers(0, pool.shape[1], (clicks.size, cfg.popk_count))]
-        # a pick equal to the clicked news, or an empty slot, keeps its impression negative
-        keep = (choice == clicks.news[:, None]) | (choice < 0)
-        drawn[:, :cfg.popk_count] = np.where(keep, drawn[:, :cfg.popk_count], choice)
-    elif cfg.kind != "uniform":
-        raise ValueError(f"train.sampler.kind must be uniform or popk, got {cfg.kind!r}")
-    return np.concatenate([clicks.news[:, None], drawn], axis=1)
+    return np.where(available[:, None] > 0, drawn, rng.integers(0, max(int(impressions.candidates.max(initial=0)), 1),
+                                                                drawn.shape))
+
+
+def popular_negatives(impressions: ImpressionSet, clicks: Clicks, count: int, popular: PopularNews,
+                      rng: np.random.Generator) -> np.ndarray:
+    """[clicks, count] distinct news from the popular pool at each click's time, drawn without replacement among
+    those its user neither clicked in the impression nor has in the history (false negatives); -1 where the pool
+    has fewer than ``count`` such news."""
+    pool = popular.at(impressions.time[clicks.owner])
+    pool = np.pad(pool, ((0, 0), (0, max(count - pool.shape[1], 0))), constant_values=-1)  # count > popk_pool
+    barred = (pool < 0) | user_clicked(impressions, clicks.owner, pool)
+    keys = np.where(barred, np.inf, rng.random(pool.shape))  # a random order of the allowed news, barred last
+    order = np.argsort(keys, axis=1, kind="stable")[:, :count]
+    picked = np.take_along_axis(pool, order, axis=1)
+    return np.where(np.isinf(np.take_along_axis(keys, order, axis=1)), -1, picked)
+
+
+def user_clicked(impressions: ImpressionSet, owner: np.ndarray, news: np.ndarray) -> np.ndarray:
+    """Whether ``news[i, j]`` is a click of impression ``owner[i]`` or in that impression's user history."""
+    assert impressions.labels is not None
+    clicked = impressions.labels.astype(bool)
+    width = int(max(impressions.candidates.max(initial=0), impressions.history.max(initial=0),
+                    news.max(initial=0))) + 1
+    history_owner = np.repeat(np.arange(impressions.size), impressions.history_lengths())
+    in_catalog = impressions.history >= 0  # -1: a history id missing from news.tsv
+    known = np.concatenate([impressions.candidate_owner()[clicked] * width + impressions.candidates[clicked],
+                            history_owner[in_catalog] * width + impressions.history[in_catalog]])
+    return (news >= 0) & np.isin(owner[:, None] * width + np.maximum(news, 0), known)
 
 
 @dataclass

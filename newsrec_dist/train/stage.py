@@ -27,9 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 
 from newsrec_dist.config import ModelConfig, TrainConfig, as_object, masked, to_container
-from newsrec_dist.eval.evaluate import EvalData, evaluate_scores, load_eval_data
+from newsrec_dist.eval.evaluate import EvalData, evaluate_scores, load_eval_data, per_impression_metrics
 from newsrec_dist.eval.impressions import ClickCounter, ImpressionSet, load_impressions
-from newsrec_dist.eval.metrics import impression_metrics, write_prediction_file
+from newsrec_dist.eval.metrics import write_prediction_file
 from newsrec_dist.eval.significance import write_per_impression
 from newsrec_dist.io import Manifest, ResumableDir, artifact_fingerprint, atomic_write_text, read_manifest, sha256_file
 from newsrec_dist.models.recommender import Recommender
@@ -161,12 +161,13 @@ class ImpressionTask:
                  ) -> tuple[dict[str, Any], np.ndarray]:
         return evaluate(model, run, data, device)
 
-    def export(self, directory: Path, model: Recommender, data: TrainData, scores: np.ndarray) -> dict[str, Any]:
+    def export(self, directory: Path, model: Recommender, run: TrainRun, data: TrainData, scores: np.ndarray
+               ) -> dict[str, Any]:
         impressions = data.dev.impressions
         write_prediction_file(directory / "prediction.txt", impressions.impression_id, scores, impressions.offsets)
         # what the report's paired tests compare between arms (the same dev impressions in every arm)
         write_per_impression(directory, impressions.impression_id,
-                             impression_metrics(scores, impressions.labels, impressions.offsets))
+                             per_impression_metrics(data.dev_eval, scores, run.cfg.eval.diversity_k)[0])
         return {"coverage": data.features.coverage, "eval_rows": data.dev.impressions.size}
 
     def rows(self, data: TrainData) -> dict[str, int]:
@@ -328,7 +329,7 @@ def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_pro
     started = time.perf_counter()
     results, scores = task.evaluate(model.to(device), run, data, device)
     eval_seconds = time.perf_counter() - started
-    exported = task.export(work.path, model, data, scores)
+    exported = task.export(work.path, model, run, data, scores)
     save_model(model.cpu(), str(work.path / "model.safetensors"))
     last = torch.load(newest_checkpoint(checkpoints), map_location="cpu", weights_only=True)
     summary = {"model": run.model.name, "kind": run.model.kind, "checkpoint": chosen.name,
