@@ -312,7 +312,9 @@ class GenerateTasksConfig:
     max_keywords: int = 5
     keywords_fallback: str = "tfidf"  # tfidf | none: news the LLM did not cover or failed on
     news_per_user: int = 2
-    cold_history_max: int = 5  # users with 1..N clicks get synthetic news (0 clicks: nothing to condition on)
+    # users with 1..N clicks get synthetic news (0 clicks: nothing to condition on); the presets set it to
+    # ${eval.cold_history_max}: one definition of a new user for generation and the new/warm evaluation groups
+    cold_history_max: int = 3
     text_max_chars: int = 400  # untrusted text is cut to this many characters per field
 
 
@@ -407,7 +409,8 @@ class InterestConfig:
     """GENRE MIND-UP: LLM profiles (topics + regions) pooled and fused with the user vector by an MLP."""
 
     enabled: bool = False
-    profiles_path: str = "${generate.output_dir}/profile/profiles.parquet"
+    # None: the fusion module with empty profiles (every user's topics and regions empty): GENRE's base arm
+    profiles_path: str | None = "${generate.output_dir}/profile/profiles.parquet"
     dim: int = 64
     max_topics: int = 5
     max_regions: int = 3
@@ -582,6 +585,8 @@ class AblationConfig:
     title: str = ""
     baseline: str | None = None  # the variant gains and cost per gain are measured against
     models: list[str] = field(default_factory=list)  # non-empty: each variant is run with each of these models
+    # dotted settings every arm gets (a paper's shared hyper-parameters); a variant's own ``set`` wins
+    set: dict[str, Any] = field(default_factory=dict)
     variants: list[VariantConfig] = field(default_factory=list)
     claims: list[ClaimConfig] = field(default_factory=list)
 

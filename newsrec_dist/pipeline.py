@@ -147,7 +147,7 @@ def train_jobs(cfg: DictConfig) -> list[TrainJob]:
                                  f"ablation runs every variant with each of {list(ablation.models)}")
             for model in ablation.models or [variant.model or cfg.model.name]:
                 name = f"{ablation.name}.{model}.{variant.name}" if ablation.models else f"{ablation.name}.{variant.name}"
-                jobs += _seeded(name, model, dict(variant.set), seeds, ablation.name, variant.name)
+                jobs += _seeded(name, model, {**ablation.set, **variant.set}, seeds, ablation.name, variant.name)
     return jobs
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from omegaconf import open_dict
 from helpers import THREADS, run
 from safetensors.torch import load_file
 from typer.testing import CliRunner, Result
@@ -77,6 +78,20 @@ def test_command_line_model_settings_reach_every_arm_and_an_arms_own_key_wins() 
               if name.startswith("fusion.") and name.endswith(".seed1")}
     assert fusion == {"fusion.add": "concat", "fusion.concat": "concat", "fusion.attention": "attention"}
     assert arms["encoder.glove.seed1"].model.news.views[0].sources[0].endswith("glove-6b-50d")
+
+
+def test_an_ablations_shared_settings_reach_every_arm_and_a_variants_own_win() -> None:
+    cfg = load_config(["experiment=genre"])
+    with open_dict(cfg):
+        cfg.ablations[0].variants[1].set["train.lr"] = 0.01  # arm ns sets its own rate
+    arms = {job.name: with_variant(cfg, job.model, job.settings) for job in train_jobs(cfg) if job.seed == 1}
+    assert {(arm.train.weight_decay, arm.model.news.dim, arm.train.negatives) for arm in arms.values()} == {(0.01, 64, 4)}
+    assert {name.split(".")[2]: arm.train.lr for name, arm in arms.items() if ".nrms." in name} == \
+        {"base": 1.0e-3, "ns": 0.01, "up": 1.0e-3, "ng": 1.0e-3, "chain": 1.0e-3}
+    # every arm has the interest-fusion module; only `up` gets the LLM's profiles
+    assert all(arm.model.interest.enabled for arm in arms.values())
+    assert {name for name, arm in arms.items() if arm.model.interest.profiles_path} == \
+        {name for name in arms if ".up." in name}
 
 
 def test_ablation_settings_are_checked_against_the_schema() -> None:

@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from newsrec_dist.cli import app
-from newsrec_dist.config import ConfigError, load_config
+from newsrec_dist.config import ConfigError, SynthConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -202,3 +202,12 @@ def test_printed_config_masks_secrets() -> None:
     assert printed["cluster"]["ray"]["env_vars"] == {"HF_TOKEN": "***", "DATA_ROOT": "/opt/data"}
     assert printed["generate"]["backend"]["base_url"] == "https://***@llm.example/v1?sig=***&model=x"
     assert printed["generate"]["backend"]["api_key_env"] == "OPENAI_API_KEY"  # a variable's name, not a secret
+
+
+@pytest.mark.parametrize("generate", ["default", "openai", "transformers"])
+def test_one_new_user_definition_serves_generation_and_evaluation(generate: str) -> None:
+    """GENRE's generator writes for new users and the evaluation reports them: both read one value."""
+    for overrides, expected in (([], SynthConfig().cold_history_max), (["eval.cold_history_max=7"], 7),
+                                (["data.synth.cold_history_max=2"], 2)):
+        cfg = load_config([f"generate={generate}", *overrides])
+        assert cfg.generate.task.cold_history_max == cfg.eval.cold_history_max == expected

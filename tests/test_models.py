@@ -18,7 +18,7 @@ from newsrec_dist.models.inputs import NewsInputs, UserInputs
 from newsrec_dist.models.recommender import Recommender
 from newsrec_dist.models.scorers import CrossNetwork, PNNScorer
 from newsrec_dist.config import ScorerConfig
-from newsrec_dist.train.features import news_features, vector_source
+from newsrec_dist.train.features import news_features, user_features, vector_source
 from newsrec_dist.train.module import parameter_groups
 from newsrec_dist.train.samples import (
     Clicks, PopularNews, SplitArrays, TrainBatches, draw_candidates, history_rows,
@@ -177,6 +177,23 @@ def test_models_ignore_history_padding_and_score_per_candidate(name: str) -> Non
     torch.testing.assert_close(scores, shorter, rtol=1e-5, atol=1e-5)
     alone = model(history[:1], candidates[:1, 1:2], user_rows[:1])  # a candidate's score ignores the others
     torch.testing.assert_close(scores[:1, 1:2], alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_takes_the_interest_fusion_with_empty_profiles(name: str) -> None:
+    """GENRE's arms other than UP keep UP's fusion module with empty profiles (the same network)."""
+    news, _ = random_inputs()
+    cfg = small_model_cfg(name)
+    cfg.interest.enabled, cfg.interest.profiles_path = True, None
+    users, coverage = user_features([f"U{index}" for index in range(5)], np.array([True] * 4 + [False]), cfg.interest)
+    assert coverage == {"profiles": {"found": 0, "missing": 5}}
+    assert users.topics is not None and users.regions is not None
+    assert users.topics.shape == (6, cfg.interest.max_topics) and not users.topics.any() and not users.regions.any()
+    model = Recommender(cfg, news, users, max_history=6).eval()
+    assert model.interest is not None
+    scores = model(torch.tensor([[3, 4, 5, 0, 0, 0], [7, 0, 0, 0, 0, 0]]), torch.tensor([[10, 11, 12], [13, 14, 15]]),
+                   torch.tensor([1, 5]))
+    assert scores.shape == (2, 3) and torch.isfinite(scores).all()
 
 
 def test_cross_network_and_pnn_match_their_formulas() -> None:

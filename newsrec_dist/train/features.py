@@ -219,6 +219,10 @@ def user_features(user_ids: list[str], trained: np.ndarray, cfg: InterestConfig)
     users = UserInputs(rows=len(user_ids) + 1, trained=torch.from_numpy(np.concatenate([[False], trained])))
     if not cfg.enabled:
         return users, {}
+    if cfg.profiles_path is None:  # the fusion module with empty profiles: GENRE's base arm, same architecture
+        users.topics = torch.zeros((users.rows, cfg.max_topics), dtype=torch.int64)
+        users.regions = torch.zeros((users.rows, cfg.max_regions), dtype=torch.int64)
+        return users, {"profiles": {"found": 0, "missing": len(user_ids)}}
     profiles = pq.read_table(cfg.profiles_path, columns=["user_id", "topics", "regions"])
     position = pc.index_in(pa.array(user_ids, pa.string()), value_set=profiles["user_id"]).to_pylist()
 

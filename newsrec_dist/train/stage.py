@@ -74,7 +74,7 @@ def _input_fingerprints(cfg: DictConfig, model: ModelConfig, train: TrainConfig)
                 inputs["keywords"] = sha256_file(keywords)
     if model.news.table:
         inputs["news"] = sha256_file(Path(model.news.table))
-    if model.interest.enabled:
+    if model.interest.enabled and model.interest.profiles_path is not None:
         inputs["profiles"] = sha256_file(Path(model.interest.profiles_path))
     if model.kind == "graph_cf" and model.graph.profile.vectors:
         inputs["item_profiles"] = artifact_fingerprint(Path(model.graph.profile.vectors))
