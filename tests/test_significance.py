@@ -10,8 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from omegaconf import OmegaConf
+
+from newsrec_dist.eval.report import Arm, _cost_conversion
 from newsrec_dist.eval.significance import (
-    paired_t_test, read_per_impression, seed_average, verdict, write_per_impression,
+    PairedTest, paired_t_test, read_per_impression, seed_average, verdict, write_per_impression,
 )
 
 
@@ -67,3 +70,17 @@ def test_seed_average_is_per_impression_and_needs_the_same_impressions(tmp_path:
         seed_average([frames[0], frames[1].iloc[:2]])
     with pytest.raises(FileNotFoundError, match="per-impression"):
         read_per_impression(tmp_path / "missing")
+
+
+def test_genre_cost_conversion_averages_the_gains_of_matching_and_ranking_models() -> None:
+    """Δ AUC per unit of LLM work, by hand: ns gains +0.02 (nrms) and +0.04 (dcn, ranking), 2M tokens for $0.50."""
+    ablation = OmegaConf.create({"variants": [{"name": "base", "llm_tasks": []},
+                                              {"name": "ns", "llm_tasks": ["summarize"]}]})
+    arms = [Arm(variant, model, [f"{variant}.{model}"]) for variant in ("base", "ns") for model in ("nrms", "dcn")]
+    runs = {f"{variant}.{model}": {"ranking": model == "dcn"} for variant in ("base", "ns") for model in ("nrms", "dcn")}
+    tests = {("ns", model): PairedTest(100, gain, 0.0, 0.0, 1.0, 0.01) for model, gain in (("nrms", 0.02), ("dcn", 0.04))}
+    generation = {"summarize": {"prompt_tokens": 1_500_000, "completion_tokens": 400_000, "cached_prompt_tokens": 100_000,
+                                "cached_completion_tokens": 0, "cost_usd": 0.5}}
+    header, _, row = _cost_conversion(ablation, arms, runs, tests, generation)
+    assert "Δ AUC per USD" in header
+    assert row == "| ns | 2000000 | 0.5000 | +0.0200 | +0.0400 | +0.0300 | +0.0150 | +0.06 |"

@@ -241,6 +241,30 @@ def _ablation_rows(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any], 
     return lines
 
 
+def _cost_conversion(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any],
+                     tests: dict[tuple[str, str], PairedTest], generation: dict[str, Any]) -> list[str]:
+    """GENRE's cost-conversion rate: each enrichment's AUC gain over the baseline per unit of LLM work, the gain
+    averaged over the matching models, over the ranking models, and over all of them (the rate's numerator)."""
+    tasks = {variant.name: list(variant.llm_tasks) for variant in ablation.variants}
+    lines = ["| variant | LLM tokens | USD | Δ AUC, matching models | Δ AUC, ranking models | Δ AUC, all | "
+             "Δ AUC per 1M tokens | Δ AUC per USD |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for variant in dict.fromkeys(arm.variant for arm in arms):
+        if not tasks.get(variant):
+            continue
+        tokens, usd = llm_cost(generation, tasks[variant])
+        gains: dict[bool, list[float]] = {False: [], True: []}  # keyed by "ranking model"
+        for arm in arms:
+            if arm.variant == variant and (variant, arm.model) in tests:
+                gains[bool(runs[arm.runs[0]].get("ranking"))].append(tests[(variant, arm.model)].mean_difference)
+        every = gains[False] + gains[True]
+        mean = float(np.mean(every)) if every else float("nan")
+        lines.append(f"| {variant} | {tokens} | {usd:.4f} | " + " | ".join(
+            f"{np.mean(values):+.4f}" if values else "-" for values in (gains[False], gains[True], every))
+            + f" | {mean / tokens * 1e6 if tokens else float('nan'):+.4f} | "
+            + (f"{mean / usd:+.2f} |" if usd > 0 else "- (no charge: a local model) |"))
+    return lines
+
+
 def _claims(ablation: DictConfig, arms: list[Arm], runs: dict[str, Any], frames: Frames, level: float) -> list[str]:
     """Each claim of the paper read against our numbers: the seeds' spread and the paired test."""
     lines = []
@@ -426,6 +450,10 @@ def _recommender_sections(cfg: DictConfig, outputs: dict[str, Any], work_dir: Pa
                      f"once and share their values. `new` users have at most {cfg.eval.cold_history_max} history "
                      "clicks." + (f" The last column flags an arm whose mean AUC does not beat the strongest "
                                   f"one-signal baseline ({floor[0]})." if floor else ""), ""]
+        if generation and ablation.baseline and any(variant.llm_tasks for variant in ablation.variants):
+            sections += ["Cost-conversion rate (GENRE): the enrichment's mean AUC gain over the baseline per unit of "
+                         "LLM work (tokens the LLM processed, new and cached; USD at the configured prices).", "",
+                         *_cost_conversion(ablation, grouped, runs, tests, generation), ""]
         claims = _claims(ablation, grouped, runs, frames, cfg.significance_level)
         if claims:
             sections += [f"What our numbers say of the paper's claims (paired t-test, level {cfg.significance_level}):",

@@ -33,6 +33,7 @@ from newsrec_dist.eval.metrics import write_prediction_file
 from newsrec_dist.eval.significance import write_per_impression
 from newsrec_dist.io import Manifest, ResumableDir, artifact_fingerprint, atomic_write_text, read_manifest, sha256_file
 from newsrec_dist.models.recommender import Recommender
+from newsrec_dist.models.scorers import RANKING_SCORERS
 from newsrec_dist.progress import ProgressFactory, no_progress
 from newsrec_dist.train.features import Features, news_features, user_features
 from newsrec_dist.train.module import RecommenderModule
@@ -333,6 +334,7 @@ def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_pro
     save_model(model.cpu(), str(work.path / "model.safetensors"))
     last = torch.load(newest_checkpoint(checkpoints), map_location="cpu", weights_only=True)
     summary = {"model": run.model.name, "kind": run.model.kind, "checkpoint": chosen.name,
+               "ranking": run.model.kind == "impressions" and run.model.scorer.kind in RANKING_SCORERS,
                "best_epoch": int(checkpoint["epoch"]), "steps": int(last["global_step"]),
                "max_epochs": run.train.epochs, "stopped_early": _stopped_early(last),
                "resumed_from": _resumes(work.path), "epochs": json.loads((work.path / EPOCHS_FILE).read_text()),
