@@ -307,6 +307,9 @@ class GenerateTasksConfig:
     """Per-task knobs: sizes, cold-user threshold, subsets for quick runs (None: every row)."""
 
     max_news: int | None = None  # keywords, summarize, item_profile: the first N news by id
+    # news shown in these splits' impressions come first (by id), then the rest: with max_news, the LLM sees the
+    # news an experiment ranks (PFR's dev pool) before the others
+    news_first: list[str] = field(default_factory=list)
     max_users: int | None = None  # profile, news, chain: the first N eligible users by id
     history_titles: int = 20  # profile/news prompts: the most recent N clicked titles
     max_keywords: int = 5

@@ -20,15 +20,17 @@ import ray
 import yaml
 
 from helpers import THREADS, free_port, kill_when, private_ray_dir, run
-from newsrec_dist.config import GenerateConfig, LLMBackendConfig, RayConfig, as_object, load_config
+from newsrec_dist.config import (
+    GenerateConfig, GenerateTasksConfig, LLMBackendConfig, RayConfig, as_object, load_config,
+)
 from newsrec_dist.data.prepare import read_behaviors, read_news_table
 from newsrec_dist.generate.backends import Completion, OpenAIBackend, Request, TransformersBackend, smollm2_gguf
 from newsrec_dist.generate.cache import CompletionCache, cache_key
 from newsrec_dist.generate.engine import PARTS_DIR, BudgetExhausted, Spend
 from newsrec_dist.generate.parsing import parse_answer
 from newsrec_dist.generate.prompts import clean_text, load_template
-from newsrec_dist.generate.stage import run_generation
-from newsrec_dist.generate.tasks import user_histories
+from newsrec_dist.generate.stage import TASKS, GenerationRun, run_generation, task_knobs
+from newsrec_dist.generate.tasks import item_profile_rows, user_histories
 from newsrec_dist.graphs.keywords import KEYWORDS_SCHEMA
 from newsrec_dist.io import artifact_fingerprint, read_manifest
 
@@ -74,6 +76,26 @@ def test_cache_keys_follow_model_template_sampling_and_text(tmp_path: Path) -> N
     assert cache.get(base) is None
     cache.put(base, Completion("{}", 3, 4))
     assert cache.get(base) == Completion("{}", 3, 4)
+
+
+def test_a_tasks_fingerprint_holds_only_the_knobs_it_reads() -> None:
+    """A GENRE knob must not re-run LECOP's keywords (and every graph and training downstream of them)."""
+    base, changed = GenerateTasksConfig(), GenerateTasksConfig(cold_history_max=9, news_per_user=5)
+    rerun = {task for task in (*TASKS, "chain_profile") if task_knobs(base, task) != task_knobs(changed, task)}
+    assert rerun == {"news", "chain", "chain_profile"}
+    assert task_knobs(base, "keywords") != task_knobs(GenerateTasksConfig(max_keywords=3), "keywords")
+
+
+def test_news_first_asks_the_news_an_experiment_ranks_before_the_others(tiny: tuple[Path, Path]) -> None:
+    prepared, _ = tiny
+    knobs = GenerateTasksConfig(max_news=10, news_first=["dev"])
+    run = GenerationRun(GenerateConfig(task=knobs), prepared, ["train", "dev"])
+    shown = {key for keys in read_behaviors(prepared, "dev")["impressions"].to_pylist() for key in keys}
+    assert run.asked_first == shown and 10 < len(shown) < run.news.num_rows
+    rows = item_profile_rows(run.news, load_template("item_profile"), knobs, run.asked_first)
+    assert set(rows.row_ids) <= shown and rows.row_ids == sorted(rows.row_ids) and len(rows.row_ids) == 10
+    plain = item_profile_rows(run.news, load_template("item_profile"), GenerateTasksConfig(max_news=10))
+    assert plain.row_ids == sorted(run.news["news_id"].to_pylist())[:10]
 
 
 def test_spend_prices_tokens_per_million() -> None:

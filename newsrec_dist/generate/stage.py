@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from newsrec_dist.cluster.ray_session import ray_session
-from newsrec_dist.config import GenerateConfig
-from newsrec_dist.data.prepare import read_news_table
+from newsrec_dist.config import GenerateConfig, GenerateTasksConfig
+from newsrec_dist.data.prepare import read_behaviors, read_news_table
 from newsrec_dist.generate import tasks
 from newsrec_dist.generate.backends import model_id
 from newsrec_dist.generate.engine import PARTS_DIR, RESULTS_FILE, TaskRows, generate_rows
@@ -34,6 +34,19 @@ TASKS = ("keywords", "summarize", "item_profile", "profile", "news", "chain")
 # A task's dataset outputs from its results table and its (partial) artifact directory: file name → table.
 Outputs = Callable[[pa.Table, Path], dict[str, pa.Table]]
 COST_FILE = "cost.json"
+# The task knobs each task's rows and outputs read: only these are part of its fingerprint, so a GENRE knob (say
+# cold_history_max) does not re-run LECOP's keywords and every graph, Node2Vec and training downstream of them
+_NEWS_KNOBS = ("max_news", "news_first", "text_max_chars")
+_USER_KNOBS = ("max_users", "history_titles", "text_max_chars")
+_GENERATOR_KNOBS = (*_USER_KNOBS, "cold_history_max", "news_per_user")
+TASK_KNOBS = {"keywords": (*_NEWS_KNOBS, "max_keywords", "keywords_fallback"), "summarize": _NEWS_KNOBS,
+              "item_profile": _NEWS_KNOBS, "profile": _USER_KNOBS, "chain_profile": (*_USER_KNOBS, "cold_history_max"),
+              "news": _GENERATOR_KNOBS, "chain": _GENERATOR_KNOBS}
+
+
+def task_knobs(knobs: GenerateTasksConfig, task: str) -> dict[str, Any]:
+    """The knobs that shape ``task``'s rows and outputs (its part of the fingerprint)."""
+    return {knob: getattr(knobs, knob) for knob in TASK_KNOBS[task]}
 
 
 class GenerationRun:
@@ -53,6 +66,13 @@ class GenerationRun:
         return tasks.user_histories(self.prepared_dir, self.splits)
 
     @cached_property
+    def asked_first(self) -> frozenset[str]:
+        """News shown in the impressions of ``task.news_first``'s splits: asked before the others."""
+        return frozenset(key for split in self.cfg.task.news_first
+                         for shown in read_behaviors(self.prepared_dir, split)["impressions"].to_pylist()
+                         for key in shown or [])
+
+    @cached_property
     def titles(self) -> dict[str, str]:
         return dict(zip(self.news["news_id"].to_pylist(), self.news["title"].to_pylist()))
 
@@ -70,15 +90,15 @@ class GenerationRun:
             self._ray_started = True
 
     def _keywords(self) -> dict[str, Any]:
-        rows = tasks.keywords_rows(self.news, self._template("keywords"), self.cfg.task)
+        rows = tasks.keywords_rows(self.news, self._template("keywords"), self.cfg.task, self.asked_first)
         return self._task(rows, lambda results, _: tasks.keywords_outputs(results, self.news, self.cfg.task))
 
     def _summarize(self) -> dict[str, Any]:
-        rows = tasks.summarize_rows(self.news, self._template("summarize"), self.cfg.task)
+        rows = tasks.summarize_rows(self.news, self._template("summarize"), self.cfg.task, self.asked_first)
         return self._task(rows, lambda results, _: tasks.summarize_outputs(results, self.news))
 
     def _item_profile(self) -> dict[str, Any]:
-        rows = tasks.item_profile_rows(self.news, self._template("item_profile"), self.cfg.task)
+        rows = tasks.item_profile_rows(self.news, self._template("item_profile"), self.cfg.task, self.asked_first)
         return self._task(rows, lambda results, _: tasks.item_profile_outputs(results, self.news, self.cfg.task))
 
     def _profile(self) -> dict[str, Any]:
@@ -124,7 +144,7 @@ class GenerationRun:
         inputs = {"prepared": artifact_fingerprint(self.prepared_dir), **(upstream or {})}
         config = {"model": model_id(self.cfg.backend), "template": rows.template.identity,
                   "sampling": asdict(self.cfg.sampling), "max_retries": self.cfg.max_retries,
-                  "task": asdict(self.cfg.task), "splits": self.splits}
+                  "task": task_knobs(self.cfg.task, rows.name), "splits": self.splits}
         if is_up_to_date(final, f"generate-{rows.name}", inputs, config):
             return dict(read_manifest(final)["extra"])
         work = ResumableDir(final, Manifest(stage=f"generate-{rows.name}", inputs=inputs, config=config).fingerprint())

@@ -38,9 +38,13 @@ def _ok_answers(results: pa.Table) -> dict[str, dict]:
     return {row["row_id"]: json.loads(row["answer"]) for row in results.to_pylist() if row["status"] == "ok"}
 
 
-def _first_news(news: pa.Table, limit: int | None) -> tuple[pa.Table, dict[str, str]]:
-    """The first ``limit`` news by id, and the rest with the reason they are not asked about."""
-    ordered = news.sort_by("news_id")
+def _first_news(news: pa.Table, limit: int | None, first: frozenset[str] = frozenset()
+                ) -> tuple[pa.Table, dict[str, str]]:
+    """The first ``limit`` news, ``first`` ones ahead, by id within each part; the rest with the reason they are
+    not asked about."""
+    later = pa.array([key not in first for key in news["news_id"].to_pylist()])
+    ordered = news.append_column("_later", later).sort_by([("_later", "ascending"), ("news_id", "ascending")])
+    ordered = ordered.drop_columns(["_later"])
     if limit is None:
         return ordered, {}
     rest = ordered.slice(limit)["news_id"].to_pylist()
@@ -59,8 +63,9 @@ def _terms(values: list[str], limit: int) -> list[str]:
 
 # --- keywords --------------------------------------------------------------------------------------
 
-def keywords_rows(news: pa.Table, template: PromptTemplate, knobs: GenerateTasksConfig) -> TaskRows:
-    chosen, skipped = _first_news(news, knobs.max_news)
+def keywords_rows(news: pa.Table, template: PromptTemplate, knobs: GenerateTasksConfig,
+                  first: frozenset[str] = frozenset()) -> TaskRows:
+    chosen, skipped = _first_news(news, knobs.max_news, first)
     values = [{"title": clean_text(title, knobs.text_max_chars), "abstract": clean_text(abstract, knobs.text_max_chars),
                "max_keywords": str(knobs.max_keywords)}
               for title, abstract in zip(chosen["title"].to_pylist(), chosen["abstract"].to_pylist())]
@@ -85,8 +90,9 @@ def keywords_outputs(results: pa.Table, news: pa.Table, knobs: GenerateTasksConf
 
 # --- summarize ---------------------------------------------------------------------------------------
 
-def summarize_rows(news: pa.Table, template: PromptTemplate, knobs: GenerateTasksConfig) -> TaskRows:
-    chosen, skipped = _first_news(news, knobs.max_news)
+def summarize_rows(news: pa.Table, template: PromptTemplate, knobs: GenerateTasksConfig,
+                   first: frozenset[str] = frozenset()) -> TaskRows:
+    chosen, skipped = _first_news(news, knobs.max_news, first)
     messages = [template.render(values) for values in _news_values(chosen, knobs)]
     return TaskRows("summarize", template, chosen["news_id"].to_pylist(), messages, skipped)
 
@@ -110,8 +116,9 @@ def _news_values(news: pa.Table, knobs: GenerateTasksConfig) -> list[dict[str, s
             for t, a, c, s in zip(*columns.values())]
 
 
-def item_profile_rows(news: pa.Table, template: PromptTemplate, knobs: GenerateTasksConfig) -> TaskRows:
-    chosen, skipped = _first_news(news, knobs.max_news)
+def item_profile_rows(news: pa.Table, template: PromptTemplate, knobs: GenerateTasksConfig,
+                      first: frozenset[str] = frozenset()) -> TaskRows:
+    chosen, skipped = _first_news(news, knobs.max_news, first)
     messages = [template.render(values) for values in _news_values(chosen, knobs)]
     return TaskRows("item_profile", template, chosen["news_id"].to_pylist(), messages, skipped)
 
