@@ -204,10 +204,12 @@ def test_printed_config_masks_secrets() -> None:
     assert printed["generate"]["backend"]["api_key_env"] == "OPENAI_API_KEY"  # a variable's name, not a secret
 
 
-@pytest.mark.parametrize("generate", ["default", "openai", "transformers"])
-def test_one_new_user_definition_serves_generation_and_evaluation(generate: str) -> None:
+@pytest.mark.parametrize(("generate", "overrides", "expected"),
+                         [("default", [], SynthConfig().cold_history_max), ("default", ["eval.cold_history_max=7"], 7),
+                          ("default", ["data.synth.cold_history_max=2"], 2), ("openai", ["eval.cold_history_max=7"], 7),
+                          ("transformers", ["eval.cold_history_max=7"], 7)])
+def test_one_new_user_definition_serves_generation_and_evaluation(generate: str, overrides: list[str],
+                                                                  expected: int) -> None:
     """GENRE's generator writes for new users and the evaluation reports them: both read one value."""
-    for overrides, expected in (([], SynthConfig().cold_history_max), (["eval.cold_history_max=7"], 7),
-                                (["data.synth.cold_history_max=2"], 2)):
-        cfg = load_config([f"generate={generate}", *overrides])
-        assert cfg.generate.task.cold_history_max == cfg.eval.cold_history_max == expected
+    cfg = load_config([f"generate={generate}", *overrides])
+    assert cfg.generate.task.cold_history_max == cfg.eval.cold_history_max == expected
