@@ -54,7 +54,7 @@ def test_config_composes_quickstart_with_typed_overrides() -> None:
 
 
 @pytest.mark.parametrize(("experiment", "runs"), [("quickstart", 5), ("lecop", 14 * 3), ("popk", 4 * 4 * 3),
-                                                   ("genre", 40 * 3), ("pfr", 4 * 3)])
+                                                   ("genre", 48 * 3), ("pfr", 4 * 3)])
 def test_experiments_compose_and_every_ablation_arm_applies(experiment: str, runs: int) -> None:
     cfg = load_config([f"experiment={experiment}"])
     jobs = train_jobs(cfg)
@@ -87,7 +87,7 @@ def test_an_ablations_shared_settings_reach_every_arm_and_a_variants_own_win() -
     arms = {job.name: with_variant(cfg, job.model, job.settings) for job in train_jobs(cfg) if job.seed == 1}
     assert {(arm.train.weight_decay, arm.model.news.dim, arm.train.negatives) for arm in arms.values()} == {(0.01, 64, 4)}
     assert {name.split(".")[2]: arm.train.lr for name, arm in arms.items() if ".nrms." in name} == \
-        {"base": 1.0e-3, "ns": 0.01, "up": 1.0e-3, "ng": 1.0e-3, "chain": 1.0e-3}
+        {"base": 1.0e-3, "ns": 0.01, "up": 1.0e-3, "ng1": 1.0e-3, "ng": 1.0e-3, "chain": 1.0e-3}
     # every arm has the interest-fusion module; only `up` gets the LLM's profiles
     assert all(arm.model.interest.enabled for arm in arms.values())
     assert {name for name, arm in arms.items() if arm.model.interest.profiles_path} == \

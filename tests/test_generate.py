@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -30,7 +31,7 @@ from newsrec_dist.generate.engine import PARTS_DIR, BudgetExhausted, Spend
 from newsrec_dist.generate.parsing import parse_answer
 from newsrec_dist.generate.prompts import clean_text, load_template
 from newsrec_dist.generate.stage import TASKS, GenerationRun, run_generation, task_knobs
-from newsrec_dist.generate.tasks import item_profile_rows, user_histories
+from newsrec_dist.generate.tasks import first_per_user, item_profile_rows, user_histories
 from newsrec_dist.graphs.keywords import KEYWORDS_SCHEMA
 from newsrec_dist.io import artifact_fingerprint, read_manifest
 
@@ -98,6 +99,16 @@ def test_news_first_asks_the_news_an_experiment_ranks_before_the_others(tiny: tu
     assert plain.row_ids == sorted(run.news["news_id"].to_pylist())[:10]
 
 
+def test_fewer_generated_news_per_user_keep_each_users_first(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """GENRE's 0/1/2 generated news per new user: the 1-news dataset holds each user's first news only."""
+    prepared, _ = tiny
+    users = ["U1", "U1", "U2", "U3", "U3", "U3"]
+    synthetic = pa.table({"news_id": [f"NX{index}" for index in range(6)], "user_id": users})
+    assert first_per_user(synthetic, 1)["news_id"].to_pylist() == ["NX0", "NX2", "NX3"]
+    assert first_per_user(synthetic, 2)["news_id"].to_pylist() == ["NX0", "NX1", "NX2", "NX3", "NX4"]
+    assert first_per_user(synthetic, 0).num_rows == 0
+
+
 def test_spend_prices_tokens_per_million() -> None:
     spend = Spend(prompt_tokens=2_000_000, completion_tokens=500_000, price={"prompt": 0.15, "completion": 0.6})
     assert spend.cost == pytest.approx(0.6)
@@ -132,7 +143,7 @@ def test_every_task_writes_its_dataset_contract_and_a_cached_rerun_generates_not
         tiny: tuple[Path, Path], tmp_path: Path, local_ray: None) -> None:
     prepared, _ = tiny
     cfg = generate_cfg(tmp_path / "work", tmp_path / "cache", "generate.task.max_news=3", "generate.task.max_users=2",
-                       "generate.task.news_per_user=1")
+                       "generate.task.news_per_user=2")
     costs = run_generation(cfg, prepared, ["train", "dev"])
     news, histories = read_news_table(prepared), user_histories(prepared, ["train", "dev"])
     out = Path(cfg.output_dir)
@@ -148,9 +159,13 @@ def test_every_task_writes_its_dataset_contract_and_a_cached_rerun_generates_not
     summarized = pq.read_table(out / "summarize" / "news.parquet")
     assert summarized["title_source"].to_pylist().count("llm") == costs["summarize"]["ok"] > 0
     assert pq.read_table(out / "profile" / "profiles.parquet").num_rows == costs["profile"]["ok"] > 0
-    _check_augmented(out / "news", prepared, histories)
-    _check_augmented(out / "chain", prepared, histories)
+    _check_augmented(out / "news", prepared, histories, cfg.task.cold_history_max)
+    _check_augmented(out / "chain", prepared, histories, cfg.task.cold_history_max)
     assert costs["chain"]["profiler"]["rows"] == 2
+    # GENRE's 1-of-2 arm: a prepared dataset with each user's first generated news only
+    one = read_news_table(out / "news" / "prepared-1")
+    synthetic = pq.read_table(out / "news" / "synthetic_news.parquet")
+    assert one.num_rows == news.num_rows + len(set(synthetic["user_id"].to_pylist())) < news.num_rows + synthetic.num_rows
 
     (out / "summarize" / "manifest.json").unlink()  # the artifact is stale; its answers are cached
     again = run_generation(replace(cfg, tasks=["summarize"]), prepared, ["train", "dev"])["summarize"]
@@ -159,7 +174,7 @@ def test_every_task_writes_its_dataset_contract_and_a_cached_rerun_generates_not
     assert pq.read_table(out / "summarize" / "news.parquet").equals(summarized)
 
 
-def _check_augmented(artifact: Path, prepared: Path, histories: dict[str, list[str]]) -> None:
+def _check_augmented(artifact: Path, prepared: Path, histories: dict[str, list[str]], new_user_max: int) -> None:
     synthetic = pq.read_table(artifact / "synthetic_news.parquet")
     original = read_news_table(prepared)
     assert synthetic.num_rows > 0 and not set(synthetic["news_id"].to_pylist()) & set(original["news_id"].to_pylist())
@@ -176,7 +191,7 @@ def _check_augmented(artifact: Path, prepared: Path, histories: dict[str, list[s
         for user, old, new in zip(before["user_id"].to_pylist(), before["history"].to_pylist(),
                                   after["history"].to_pylist()):
             assert new == (old or []) + added.get(user, [])
-    assert all(0 < len(histories[user]) <= 5 for user in added)
+    assert all(0 < len(histories[user]) <= new_user_max for user in added)
 
 
 def test_malformed_answers_are_retried_then_recorded(tiny: tuple[Path, Path], tmp_path: Path, local_ray: None) -> None:

@@ -127,14 +127,19 @@ class GenerationRun:
 
         def outputs(results: pa.Table, work: Path) -> dict[str, pa.Table]:
             synthetic = tasks.synthetic_news(results, self.news)
-            counts = tasks.write_augmented_dataset(synthetic, self.prepared_dir, self.splits, work / "prepared")
-            # a prepared dataset of its own (GENRE NG: data.prepared_dir=...): trainers key their runs by it
-            Manifest(stage=f"generate-{name}-prepared", rows=counts, config={"splits": self.splits},
-                     inputs={"prepared": artifact_fingerprint(self.prepared_dir),
-                             "news": sha256_file(work / "prepared" / "news.parquet")}).write(work / "prepared")
+            self._write_prepared(name, synthetic, work / "prepared")
+            for count in range(1, self.cfg.task.news_per_user):  # GENRE's figure: fewer generated news per user
+                self._write_prepared(name, tasks.first_per_user(synthetic, count), work / f"prepared-{count}")
             return {"synthetic_news.parquet": synthetic}
 
         return self._task(rows, outputs, upstream)
+
+    def _write_prepared(self, name: str, synthetic: pa.Table, directory: Path) -> None:
+        """A prepared dataset of its own (GENRE NG: data.prepared_dir=...): trainers key their runs by it."""
+        counts = tasks.write_augmented_dataset(synthetic, self.prepared_dir, self.splits, directory)
+        Manifest(stage=f"generate-{name}-prepared", rows=counts, config={"splits": self.splits},
+                 inputs={"prepared": artifact_fingerprint(self.prepared_dir),
+                         "news": sha256_file(directory / "news.parquet")}).write(directory)
 
     def _template(self, name: str) -> PromptTemplate:
         return load_template(name, self.cfg.prompts_dir)

@@ -228,6 +228,14 @@ def synthetic_news(results: pa.Table, news: pa.Table) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema.NEWS_SCHEMA.append(pa.field("user_id", pa.string())))
 
 
+def first_per_user(synthetic: pa.Table, count: int) -> pa.Table:
+    """Each user's first ``count`` generated news (``synthetic`` is in (user, position) order)."""
+    position, seen = np.zeros(synthetic.num_rows, np.int64), {}
+    for row, user in enumerate(synthetic["user_id"].to_pylist()):
+        position[row] = seen[user] = seen.get(user, 0) + 1
+    return synthetic.filter(pa.array(position <= count))
+
+
 def write_augmented_dataset(synthetic: pa.Table, prepared_dir: Path, splits: list[str], out_dir: Path) -> dict[str, int]:
     """``out_dir``: the prepared dataset plus the synthetic news, appended to their users' histories."""
     by_user: dict[str, list[str]] = {}
