@@ -189,7 +189,10 @@ class GraphBatches(EpochBatches):
                 "negatives": torch.from_numpy(drawn[samples])}
 
 
-def _write_per_user(directory: Path, groups: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]) -> None:
+PerUser = dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]  # group of news → (test users, metric → values)
+
+
+def _write_per_user(directory: Path, groups: PerUser) -> None:
     """One row per test user (graph row: the same users in every arm of the same data), ``<group>/<metric>``
     columns, NaN where a group has no relevant news for the user."""
     everyone = np.unique(np.concatenate([users for users, _ in groups.values()]))
@@ -243,11 +246,13 @@ class GraphTask:
 
     @torch.no_grad()
     def evaluate(self, model: GraphRecommender, run: Any, data: ClickGraph, device: torch.device
-                 ) -> tuple[dict[str, Any], None]:
-        return {group: topk_means(*values) for group, values in self._per_user(model, data).items()}, None
+                 ) -> tuple[dict[str, Any], PerUser]:
+        """Each group's means, and the per-user metrics behind them (``export`` writes those: no second pass)."""
+        per_user = self._per_user(model, data)
+        return {group: topk_means(*values) for group, values in per_user.items()}, per_user
 
     @torch.no_grad()
-    def _per_user(self, model: GraphRecommender, data: ClickGraph) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    def _per_user(self, model: GraphRecommender, data: ClickGraph) -> PerUser:
         """Per group of news: the test users it scores and their top-k metrics."""
         model.eval()
         users, items = model.embeddings()
@@ -268,11 +273,12 @@ class GraphTask:
                 "warm_items": np.flatnonzero(pool & data.warm)}
 
     @torch.no_grad()
-    def export(self, directory: Path, model: GraphRecommender, run: Any, data: ClickGraph, scores: None
+    def export(self, directory: Path, model: GraphRecommender, run: Any, data: ClickGraph, per_user: PerUser
                ) -> dict[str, Any]:
         """``recommendations.parquet``: each test user's top max(k) news (training clicks excluded); and
-        ``per_user.parquet``, each test user's metrics per group, for the report's paired tests over users."""
-        _write_per_user(directory, self._per_user(model, data))
+        ``per_user.parquet``, each test user's metrics per group (from ``evaluate``), for the report's paired
+        tests over users."""
+        _write_per_user(directory, per_user)
         model.eval()
         users, items = model.embeddings()
         pool = self._groups(data)["all"]
