@@ -789,7 +789,12 @@ def from_container(container: dict[str, Any]) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(RootConfig), container)
 
 
-SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|api_?key|credential|auth", re.IGNORECASE)
+# A secret-looking key: one of its ``_``/``-``/``.``-separated words names a secret (``api_key``, ``hf_token``,
+# ``spark.authenticate.secret``), not a count of tokens (``max_tokens``) or a host name
+SECRET_KEY = re.compile(r"(?:^|[._-])(?:pass(?:word|wd)?|secret|token|api_?key|apikey|credentials?|auth|"
+                        r"private_?key)(?:$|[._-])", re.IGNORECASE)
+# ``key=value`` words of a command line or override list: the whole word or only the value may be shell-quoted
+_ASSIGNMENT = re.compile(r"""(?P<quote>['"])?(?P<key>[\w.+~-]+)=(?P<value>(?(quote)[^'"]*|(?:'[^']*'|"[^"]*"|[^\s'"]+)))""")
 URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 URL_SECRET_PARAM = re.compile(r"(?<=[?&])(sig|signature|token|key|api_key|access_token|password)=[^&\s]+",
                               re.IGNORECASE)
@@ -809,6 +814,17 @@ def masked(value: Any, key: str = "") -> Any:
         value = URL_USERINFO.sub(MASK + "@", value)
         return URL_SECRET_PARAM.sub(lambda match: f"{match.group(1)}={MASK}", value)
     return value
+
+
+def masked_command(text: str) -> str:
+    """A command line or an override with the values of secret-looking keys and URL credentials masked (job
+    records, logs): the config's rule applied to ``key=value`` words."""
+    def assignment(match: re.Match[str]) -> str:
+        key = match.group("key")
+        if not SECRET_KEY.search(key) or key.endswith("_env"):
+            return match.group(0)
+        return f"{match.group('quote') or ''}{key}={MASK}"
+    return masked(_ASSIGNMENT.sub(assignment, text))
 
 
 def config_yaml(cfg: DictConfig) -> str:

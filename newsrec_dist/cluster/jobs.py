@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from newsrec_dist.config import masked_command
 from newsrec_dist.io import atomic_write_text
 
 # Every backend's states map onto these.
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, UNKNOWN = (
     "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "UNKNOWN")
 FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+JOB_ID = re.compile(r"[a-z0-9_]+-\d{8}-\d{6}-[0-9a-f]{4}")
 
 
 class JobNotFound(LookupError):
@@ -43,13 +48,18 @@ def new_job_id(stage: str) -> str:
 
 
 def save_record(jobs_dir: Path, record: JobRecord) -> Path:
+    """The record as JSON, secrets in its arguments and command masked (the job itself got them unmasked)."""
     jobs_dir.mkdir(parents=True, exist_ok=True)
     path = jobs_dir / f"{record.id}.json"
-    atomic_write_text(path, json.dumps(asdict(record), indent=2))
+    saved = replace(record, arguments=[masked_command(word) for word in record.arguments],
+                    command=masked_command(record.command))
+    atomic_write_text(path, json.dumps(asdict(saved), indent=2))
     return path
 
 
 def load_record(jobs_dir: Path, job_id: str) -> JobRecord:
+    if not JOB_ID.fullmatch(job_id):  # a job id names a file in jobs_dir, never a path out of it
+        raise JobNotFound(f"{job_id!r} is not a job id (<stage>-<date>-<time>-<hex>)")
     path = jobs_dir / f"{job_id}.json"
     if not path.is_file():
         known = sorted(p.stem for p in jobs_dir.glob("*.json")) if jobs_dir.is_dir() else []

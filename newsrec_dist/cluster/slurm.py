@@ -81,14 +81,40 @@ class Shape:
     gpus: int
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _single_line(name: str, value: object) -> None:
+    """Every value lands in the job script, most in ``#SBATCH`` comments: a line break (or any control
+    character) would start a new shell command there, which quoting cannot prevent."""
+    if value is not None and _CONTROL.search(str(value)):
+        raise ConfigError(f"{name}: {value!r} must be a single line without control characters")
+
+
 def _one_line_settings(slurm: SlurmConfig) -> None:
-    """Settings land in ``#SBATCH`` lines of a shell script: a line break would start a new command."""
     named = {"partition": slurm.partition, "account": slurm.account, "qos": slurm.qos, "mem": slurm.mem,
              "time": slurm.time, "spark": slurm.spark,
-             **{f"sbatch_options[{index}]": option for index, option in enumerate(slurm.sbatch_options)}}
+             **{f"sbatch_options[{index}]": option for index, option in enumerate(slurm.sbatch_options)},
+             **{f"setup[{index}]": line for index, line in enumerate(slurm.setup)}}
     for name, value in named.items():
-        if value is not None and ("\n" in str(value) or "\r" in str(value)):
-            raise ConfigError(f"cluster.slurm.{name}: {value!r} must be a single line")
+        _single_line(f"cluster.slurm.{name}", value)
+
+
+def _sbatch_path(name: str, path: str) -> str:
+    """A path for an ``#SBATCH`` line, double-quoted (sbatch's own parser reads the quotes; a shell never sees it)."""
+    _single_line(name, path)
+    if '"' in path:
+        raise ConfigError(f"{name}: {path!r} must not contain a double quote (it lands in an #SBATCH line)")
+    return f'"{path}"'
+
+
+def _checked_env(env: dict[str, str]) -> dict[str, str]:
+    for name, value in env.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"job environment: {name!r} is not a variable name")
+        _single_line(f"job environment {name}", value)
+    return env
 
 
 def job_shape(slurm: SlurmConfig, plan: LaunchPlan) -> Shape:
@@ -152,14 +178,20 @@ def _shell(value: str) -> str:
 
 def render(record: JobRecord, slurm: SlurmConfig, plan: LaunchPlan, shape: Shape, workdir: Path,
            env: dict[str, str]) -> str:
+    """The job script; every value is checked to be one line and quoted where a shell or sbatch reads it."""
+    _one_line_settings(slurm)
+    _single_line("job command", record.command)
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     environment.filters["shell"] = _shell
     template = environment.from_string(TEMPLATE.read_text())
     worker_mib = int(shape.mem_mib * 0.75)  # the rest: the driver and the OS
     return template.render(stage=record.stage, job_name=f"newsrec-{record.stage}", slurm=slurm, plan=plan,
                            tasks_per_node=shape.tasks_per_node, cpus_per_task=shape.cpus_per_task,
-                           log=record.log, exit_file=str(record.exit_file), workdir=str(workdir),
-                           env=env, command=record.command, spark_standalone=plan.spark and slurm.spark == "standalone",
+                           log=_sbatch_path("cluster.jobs_dir (job log)", record.log),
+                           exit_file=str(record.exit_file),
+                           workdir=_sbatch_path("job working directory", str(workdir)),
+                           env=_checked_env(env), command=record.command,
+                           spark_standalone=plan.spark and slurm.spark == "standalone",
                            spark_worker_memory=f"{worker_mib}m")
 
 

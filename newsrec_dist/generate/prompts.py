@@ -23,7 +23,7 @@ import yaml
 from newsrec_dist.config import conf_dir
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-_TAG = re.compile(r"</?\s*(news|history|profile)\s*>", re.IGNORECASE)
+_TAG = re.compile(r"<\s*/?\s*(news|history|profile)\s*>", re.IGNORECASE)
 
 Messages = list[dict[str, str]]
 
@@ -58,10 +58,16 @@ class PromptTemplate:
                 {"role": "user", "content": Template(self.user).substitute(values)}]
 
 
+def _without_tags(text: str) -> str:
+    """Delimiter tags removed until none is left: one pass would turn ``</</news>news>`` into a new ``</ news>``."""
+    while (stripped := _TAG.sub(" ", text)) != text:
+        text = stripped
+    return text
+
+
 def clean_text(text: str | None, max_chars: int) -> str:
     """Untrusted dataset text made safe to place between a template's delimiters."""
-    text = _CONTROL.sub(" ", text or "")
-    text = _TAG.sub(" ", text)
+    text = _without_tags(_CONTROL.sub(" ", text or ""))
     text = " ".join(text.split())
     return text if len(text) <= max_chars else text[: max_chars - 1].rstrip() + "…"
 
