@@ -8,7 +8,8 @@ import html
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from xml.etree.ElementTree import Element
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,9 @@ from newsrec_dist.eval.significance import (
     PER_IMPRESSION_FILE, PER_USER_FILE, PairedTest, paired_t_test, read_per_impression, seed_average, verdict,
 )
 from newsrec_dist.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from markdown.treeprocessors import Treeprocessor
 
 
 def _accounting_table(summary: dict[str, Any]) -> str:
@@ -512,27 +516,87 @@ def write_report(cfg: DictConfig, outputs: dict[str, Any], timings: dict[str, fl
     return path
 
 
-IMAGE_SOURCE = re.compile(r'src="(figures/[\w.-]+\.png)"')  # only our own figures: no path leaves them
+OWN_FIGURE = re.compile(r"figures/[\w.-]+\.png")  # only our own figures: no path leaves them
+DATA_IMAGE = re.compile(r"data:image/(?:png|jpeg|gif|webp)[;,]", re.IGNORECASE)
+URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}"
          "table{border-collapse:collapse;margin:1rem 0;font-size:.85rem}th,td{border:1px solid #ccc;"
          "padding:.25rem .5rem}th{background:#f3f3f3}td{text-align:right}td:first-child{text-align:left}"
          "img{max-width:100%}pre{background:#f6f6f6;padding:1rem;overflow-x:auto;font-size:.8rem}")
 
 
+def _url_as_browser_reads(value: str) -> str | None:
+    """An attribute value as a browser resolves it (character references decoded, tabs/newlines dropped, outer
+    controls and spaces stripped), or None where whitespace, a control character or a Markdown placeholder is
+    left in it (no well-formed URL holds one)."""
+    from markdown.util import AMP_SUBSTITUTE
+
+    url = html.unescape(value.replace(AMP_SUBSTITUTE, "&"))
+    url = re.sub(r"[\t\n\r]", "", url).strip("".join(map(chr, range(0x21))))
+    return None if re.search(r"[\x00-\x20\x7f]", url) else url
+
+
+def _safe_link(href: str) -> bool:
+    """http(s) or a relative reference (no scheme at all); javascript:, data:, mailto:, ... are not links here."""
+    url = _url_as_browser_reads(href)
+    if url is None:
+        return False
+    scheme = URL_SCHEME.match(url)
+    return scheme is None or scheme.group(1).lower() in {"http", "https"}
+
+
+def _image_source(src: str, base: Path) -> str | None:
+    """The src an image may keep: our own figure inlined as a data URI, a data:image URI as is; None otherwise
+    (a remote image would tell its server who reads the report)."""
+    url = _url_as_browser_reads(src)
+    if url is None:
+        return None
+    if OWN_FIGURE.fullmatch(url):
+        figure = base / url
+        if figure.is_file() and figure.resolve().parent == (base / FIGURES).resolve():
+            return "data:image/png;base64," + base64.b64encode(figure.read_bytes()).decode()
+        return None
+    return src if DATA_IMAGE.match(url) else None
+
+
+def _neutralise(element: Element, text: str) -> None:
+    """The element becomes inert text in place (its tail, and a link's children, stay)."""
+    element.tag = "span"
+    element.attrib.clear()
+    if text:
+        element.text = text
+
+
+def _sanitise_tree(base: Path) -> Treeprocessor:
+    """A Markdown tree processor run last, over every <a> and <img> however it was written (inline, reference,
+    autolink): links keep http(s) and relative targets, images only our figures (inlined) and data:image URIs."""
+    from markdown.treeprocessors import Treeprocessor
+
+    class Sanitise(Treeprocessor):
+        def run(self, root: Element) -> None:
+            for element in root.iter():
+                if element.tag == "a" and not _safe_link(element.get("href", "")):
+                    _neutralise(element, "")
+                elif element.tag == "img":
+                    source = _image_source(element.get("src", ""), base)
+                    if source is None:
+                        _neutralise(element, f"[image not shown: {element.get('alt', '')}]")
+                    else:
+                        element.set("src", source)
+
+    return Sanitise()
+
+
 def markdown_to_html(text: str, base: Path, title: str) -> str:
-    """One HTML file: the Markdown rendered, its PNGs inlined as data URIs. Raw HTML in the text (dataset
-    strings such as PageRank leaders are untrusted) is escaped, never passed through."""
+    """One HTML file: the Markdown rendered, its PNGs inlined as data URIs. Text in the report is untrusted
+    (dataset strings, LLM output, config values): raw HTML is escaped, never passed through, and every link and
+    image is checked where the tree is built (docs/security.md, "The HTML report")."""
     import markdown
 
     renderer = markdown.Markdown(extensions=["tables", "fenced_code"], output_format="html")
     renderer.preprocessors.deregister("html_block")
     renderer.inlinePatterns.deregister("html")
+    renderer.treeprocessors.register(_sanitise_tree(base), "sanitise", -10)  # after "unescape" (0): values final
     body = renderer.convert(text)
-
-    def inline(match: re.Match[str]) -> str:
-        data = base64.b64encode((base / match.group(1)).read_bytes()).decode()
-        return f'src="data:image/png;base64,{data}"'
-
-    body = IMAGE_SOURCE.sub(inline, body)
     return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
