@@ -348,13 +348,14 @@ def run(overrides: Overrides = None,
     """Run the whole pipeline of an experiment, e.g. ``newsrec run experiment=quickstart``; current stages are
     skipped, a killed run resumes."""
     cfg = _compose(overrides)
+    from newsrec_dist.io import RunLockedError
     from newsrec_dist.pipeline import run_pipeline
     if not cfg.stages:
         _fail(ConfigError("no stages to run: name an experiment (experiment=quickstart, lecop, popk, pfr, genre) or "
                           "list them (stages=[synth,prepare,eval,report])"))
     try:
         state = run_pipeline(cfg, from_stage)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, RunLockedError) as error:
         _fail(error)
     if "report" in state.outputs:
         console.print(f"report: {state.outputs['report']}")

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from newsrec_dist.config import as_object, to_container
-from newsrec_dist.io import MANIFEST_NAME
+from newsrec_dist.io import MANIFEST_NAME, run_lock
 from newsrec_dist.progress import progress_bar as _bars  # rich bars for in-process stages
 
 console = Console()
@@ -247,22 +247,24 @@ def _wrote_artifact(cfg: DictConfig, name: str, since: float) -> bool:
 
 def run_pipeline(cfg: DictConfig, from_stage: str | None = None) -> RunState:
     """Run ``cfg.stages`` in order, each skipped when its artifacts are current; ``from_stage`` and every stage
-    after it run again. Unknown stage names fail before anything runs."""
+    after it run again. Unknown stage names fail before anything runs; so does a second run on the same
+    ``paths.work_dir`` (:func:`run_lock`), before it touches any artifact."""
     stages = list(cfg.stages)
     unknown = [name for name in stages if name not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; known stages: {list(STAGES)}")
-    if from_stage is not None:
-        if from_stage not in stages:
-            raise ValueError(f"--from {from_stage}: not a stage of this run; its stages: {stages}")
-        force_rerun(cfg, stages[stages.index(from_stage):])
-    state = RunState(cfg=cfg)
-    state.outputs["config"] = to_container(cfg)
+    if from_stage is not None and from_stage not in stages:
+        raise ValueError(f"--from {from_stage}: not a stage of this run; its stages: {stages}")
     from newsrec_dist.cluster.ray_session import one_ray_per_run  # here: importing the pipeline stays light
 
-    with one_ray_per_run():
-        for name in stages:
-            _run_stage(state, name)
+    with run_lock(Path(cfg.paths.work_dir)):
+        if from_stage is not None:
+            force_rerun(cfg, stages[stages.index(from_stage):])
+        state = RunState(cfg=cfg)
+        state.outputs["config"] = to_container(cfg)
+        with one_ray_per_run():
+            for name in stages:
+                _run_stage(state, name)
     return state
 
 
