@@ -6,7 +6,6 @@ STAMP := $(VENV)/.installed
 TORCH_CLUSTER := torch-cluster==1.6.3
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export HF_HUB_OFFLINE ?= 1
-export RAY_AUTH_MODE ?= disabled
 # DeepSpeed ships as an sdist: build no C++/CUDA ops at install (they JIT-compile when first used).
 export DS_BUILD_OPS ?= 0
 

@@ -290,6 +290,9 @@ class LLMBackendConfig:
     response_format: str = "json_schema"
     max_concurrency: int = 8  # openai: requests in flight per actor (the server batches them)
     timeout_s: float = 120.0
+    # openai: a request that meets a connection error, timeout, 429 or 5xx is retried with exponential backoff this
+    # many times (the client library's own), then its row is recorded as failed and the stage goes on
+    request_retries: int = 3
 
 
 @dataclass

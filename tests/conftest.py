@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,10 @@ from helpers import THREADS, private_ray_dir
 
 # Before torch loads, here and in every command a test starts (they inherit the environment).
 os.environ["OMP_NUM_THREADS"] = str(THREADS)
+# Every Ray the tests start, in-process or as clusters, uses token auth with one token (Ray fixes a process's auth
+# mode at its first connection, so one process cannot mix modes).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 from planted import LSTUR_RESUME, make_planted, train  # noqa: E402
 
 from newsrec_dist.config import GraphsConfig, SparkConfig, SynthConfig  # noqa: E402

@@ -123,7 +123,7 @@ def local_ray_cluster(worker_cpus: int = 1) -> Iterator[LocalRay]:
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # AF_UNIX paths must stay under 107 bytes
     port, dashboard = free_port(), free_port()
     # nodes of a real cluster run in the project's environment: `python` in a job is this venv's
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+    env = {**os.environ,  # with the tests' Ray token (conftest)
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     # Every node's agent (which the Jobs API submits through) listens on 52365 unless told: another Ray on this

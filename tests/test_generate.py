@@ -30,7 +30,7 @@ from newsrec_dist.config import (
 from newsrec_dist.data.prepare import read_behaviors, read_news_table
 from newsrec_dist.generate.backends import Completion, OpenAIBackend, Request, TransformersBackend, smollm2_gguf
 from newsrec_dist.generate.cache import CompletionCache, cache_key
-from newsrec_dist.generate.engine import PARTS_DIR, BudgetExhausted, Spend
+from newsrec_dist.generate.engine import PARTS_DIR, RESULTS_FILE, BudgetExhausted, Spend
 from newsrec_dist.generate.parsing import parse_answer
 from newsrec_dist.generate.prompts import clean_text, load_template
 from newsrec_dist.generate.stage import TASKS, GenerationRun, run_generation, task_knobs
@@ -138,7 +138,6 @@ def test_spend_prices_tokens_per_million() -> None:
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     """One private Ray for the in-process tests (stages join a running Ray instead of starting one)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Actors read an API key from their own environment, inherited when Ray starts (on a cluster: set it
     # for every node), so the test server's key is in place before Ray starts.
     os.environ[TEST_KEY_ENV] = TEST_KEY
@@ -278,16 +277,28 @@ def test_budget_stops_cleanly_and_a_larger_budget_continues(tiny: tuple[Path, Pa
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """llama-cpp-python's OpenAI-compatible server with the SmolLM2 GGUF on 127.0.0.1, key required."""
     port, log = free_port(), tmp_path_factory.mktemp("llama-server") / "server.log"
+    server = _start_llama_server(port, log)
+    _wait_listening(port, server, log)
+    yield f"http://127.0.0.1:{port}/v1"
+    _stop(server)
+
+
+def _start_llama_server(port: int, log: Path) -> subprocess.Popen:
     with open(log, "wb") as sink:  # a file, not a pipe: the model loader's log would fill a pipe and block
-        server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()),
-                                   "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-                                   "--n_threads", str(THREADS), "--n_ctx", "2048", "--api_key", TEST_KEY],
-                                  stdout=sink, stderr=sink, start_new_session=True)
+        return subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()),
+                                 "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+                                 "--n_threads", str(THREADS), "--n_ctx", "2048", "--api_key", TEST_KEY],
+                                stdout=sink, stderr=sink, start_new_session=True)
+
+
+def _wait_listening(port: int, server: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + 120
     while not _listening(port) and server.poll() is None and time.monotonic() < deadline:
         time.sleep(0.3)
     assert _listening(port), log.read_text()[-3000:]
-    yield f"http://127.0.0.1:{port}/v1"
+
+
+def _stop(server: subprocess.Popen) -> None:
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
 
@@ -320,6 +331,31 @@ def test_openai_backend_against_a_local_server(tiny: tuple[Path, Path], tmp_path
     cost = run_generation(cfg, prepared, ["train"])["keywords"]
     assert cost["ok"] == 3 and cost["model"] == "openai:smollm2" and cost["completion_tokens"] > 0
     assert TEST_KEY not in (Path(cfg.output_dir) / "keywords" / "manifest.json").read_text()
+
+
+def test_openai_rows_fail_while_the_server_is_down_and_recover_when_it_restarts(
+        tiny: tuple[Path, Path], tmp_path: Path, local_ray: None) -> None:
+    prepared, _ = tiny
+    port = free_port()
+    backend = LLMBackendConfig(kind="openai", model="smollm2", base_url=f"http://127.0.0.1:{port}/v1",
+                               api_key_env=TEST_KEY_ENV, response_format="json_object", request_retries=0, timeout_s=30)
+    settings = ("generate.tasks=[keywords]", "generate.task.max_news=1", "generate.max_retries=1")
+    down = replace(generate_cfg(tmp_path / "down", tmp_path / "cache", *settings), backend=backend)
+    cost = run_generation(down, prepared, ["train"])["keywords"]  # nothing listens: each row fails, the stage ends
+    assert cost["failed"] == 1 and cost["ok"] == 0
+    results = [row for row in pq.read_table(Path(down.output_dir) / "keywords" / RESULTS_FILE).to_pylist()
+               if row["status"] != "skipped"]
+    assert len(results) == 1 and results[0]["attempts"] == 2, results
+    assert results[0]["error"].startswith("LLM server: APIConnectionError")
+    assert not any((tmp_path / "cache").rglob("*.json"))  # a failure is never cached as an answer
+    server = _start_llama_server(port, tmp_path / "server.log")  # back while the client backs off and retries
+    try:
+        patient = replace(down, output_dir=str(tmp_path / "up" / "generate"),
+                          backend=replace(backend, request_retries=8))
+        cost = run_generation(patient, prepared, ["train"])["keywords"]
+    finally:
+        _stop(server)
+    assert cost["ok"] == 1 and cost["failed"] == 0
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,15 @@ job resumes from its checkpoints."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import processes_mentioning, run
+from helpers import private_ray_dir, processes_mentioning, run
 from local_clusters import LocalRay, LocalSlurm, local_ray_cluster, local_slurm, wait_until
 from planted import LSTUR_RESUME, NODE2VEC
 from planted import overrides as train_overrides
@@ -180,3 +182,33 @@ def test_slurm_script_quotes_paths_with_blanks(tmp_path: Path) -> None:
                                   Path("/srv/my work"), {"NEWSREC_X": "a b"})
     assert '#SBATCH --output="/tmp/my jobs/train.log"' in script and '#SBATCH --chdir="/srv/my work"' in script
     assert "export NEWSREC_X='a b'" in script
+
+
+_LOCAL_RAY = """
+import os, sys
+from newsrec_dist.cluster.ray_session import ray_session  # before Ray: it sets Ray's auth mode
+from newsrec_dist.config import RayConfig
+import ray
+with ray_session(RayConfig(address="local", num_cpus=1, temp_dir=sys.argv[1])):
+    print(ray.get_runtime_context().gcs_address, os.environ["RAY_AUTH_TOKEN"], flush=True)
+    sys.stdin.read()
+"""
+_JOIN = "import ray, sys; ray.init(address=sys.argv[1]); print('joined')"
+
+
+def test_local_ray_refuses_a_client_without_its_token() -> None:
+    # Ray binds its servers to every interface even when asked for loopback: the run's own token keeps others out
+    plain = {name: value for name, value in os.environ.items() if not name.startswith("RAY_AUTH")}
+    with private_ray_dir() as temp_dir:
+        server = subprocess.Popen([sys.executable, "-c", _LOCAL_RAY, temp_dir], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env=plain)
+        try:
+            address, token = server.stdout.readline().split()
+            for env in (plain, {**plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}):
+                refused = run([sys.executable, "-c", _JOIN, address], env=env, timeout=120)
+                assert refused.returncode != 0 and "joined" not in refused.stdout
+            joined = run([sys.executable, "-c", _JOIN, address], env={**plain, "RAY_AUTH_MODE": "token",
+                                                                      "RAY_AUTH_TOKEN": token}, timeout=120)
+            assert joined.returncode == 0 and "joined" in joined.stdout, joined.stderr[-2000:]
+        finally:
+            server.communicate("", timeout=120)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -50,14 +49,11 @@ def one_ray_per_run() -> Iterator[None]:
 def ray_session(cfg: RayConfig) -> Iterator[None]:
     """Join Ray for the duration of the block; starts (and stops) a local one unless it is already up.
 
-    A local Ray is started without token auth (``RAY_AUTH_MODE=disabled`` unless the environment says
-    otherwise): Ray 2.60 otherwise demands a token written by an earlier ``ray status``.
+    Every Ray here runs with token auth unless the environment says otherwise (:mod:`newsrec_dist.ray_auth`).
     """
     if ray.is_initialized():
         yield
         return
-    if cfg.address == "local":
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(**_init_kwargs(cfg))
     # Ray Data logs every operator's state at INFO on the driver; the stages draw their own progress.
     from ray.data import DataContext

@@ -188,7 +188,7 @@ def render(record: JobRecord, slurm: SlurmConfig, plan: LaunchPlan, shape: Shape
     return template.render(stage=record.stage, job_name=f"newsrec-{record.stage}", slurm=slurm, plan=plan,
                            tasks_per_node=shape.tasks_per_node, cpus_per_task=shape.cpus_per_task,
                            log=_sbatch_path("cluster.jobs_dir (job log)", record.log),
-                           exit_file=str(record.exit_file),
+                           exit_file=str(record.exit_file), jobs_dir=str(Path(record.log).parent),
                            workdir=_sbatch_path("job working directory", str(workdir)),
                            env=_checked_env(env), command=record.command,
                            spark_standalone=plan.spark and slurm.spark == "standalone",

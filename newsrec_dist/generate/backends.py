@@ -44,6 +44,7 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    error: str | None = None  # the server gave no answer (down, overloaded, refused the row): never cached
 
 
 class Backend(Protocol):
@@ -177,7 +178,8 @@ class OpenAIBackend:
             raise ValueError("generate.backend.model must name the served model for the openai backend")
         # Local servers ignore the key; a placeholder keeps the client from refusing to start.
         key = os.environ.get(cfg.api_key_env) or "unused"
-        self.client = OpenAI(base_url=cfg.base_url, api_key=key, timeout=cfg.timeout_s, max_retries=3)
+        self.client = OpenAI(base_url=cfg.base_url, api_key=key, timeout=cfg.timeout_s,
+                             max_retries=cfg.request_retries)
         self.cfg = cfg
 
     def complete(self, requests: list[Request]) -> list[Completion]:
@@ -188,13 +190,24 @@ class OpenAIBackend:
         extra: dict[str, Any] = {}
         if self.cfg.constrained_json and request.schema:
             extra["response_format"] = _response_format(self.cfg.response_format, request.schema)
-        response = self.client.chat.completions.create(
-            model=str(self.cfg.model), messages=request.messages,  # type: ignore[arg-type]
-            temperature=request.temperature, top_p=request.top_p, max_tokens=request.max_tokens,
-            seed=request.seed, **extra)
+        try:
+            response = self.client.chat.completions.create(
+                model=str(self.cfg.model), messages=request.messages,  # type: ignore[arg-type]
+                temperature=request.temperature, top_p=request.top_p, max_tokens=request.max_tokens,
+                seed=request.seed, **extra)
+        except _row_failures() as error:  # after the client's own retries; a wrong key or model still stops the stage
+            return Completion("", 0, 0, error=f"LLM server: {type(error).__name__}: {error}"[:500])
         usage = response.usage
         return Completion(response.choices[0].message.content or "", usage.prompt_tokens if usage else 0,
                           usage.completion_tokens if usage else 0)
+
+
+def _row_failures() -> tuple[type[Exception], ...]:
+    """Errors that fail one row, not the stage: the server down or timing out, rate limits, 5xx, a row it refuses."""
+    import openai
+
+    return (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError, openai.BadRequestError,
+            openai.UnprocessableEntityError)
 
 
 def _response_format(kind: str, schema: dict[str, Any]) -> dict[str, Any]:

@@ -108,7 +108,8 @@ class GenerationWorker:
             fresh = backend.complete([requests[j] for j in missing])
             share = (time.perf_counter() - started) / len(missing)
             for j, completion in zip(missing, fresh):
-                self.cache.put(keys[j], completion)
+                if completion.error is None:
+                    self.cache.put(keys[j], completion)
                 found[j], seconds[j] = completion, share
         return list(zip(found, seconds))
 
@@ -129,6 +130,9 @@ class _Outcome:
 
     def record(self, completion: Any, seconds: float | None, attempt: int, schema: dict[str, Any]) -> None:
         self.attempts, self.raw = attempt + 1, completion.text
+        if completion.error is not None:
+            self.error = completion.error
+            return
         if seconds is None:
             self.cached_prompt_tokens += completion.prompt_tokens
             self.cached_completion_tokens += completion.completion_tokens
