@@ -247,7 +247,10 @@ class Manifest:
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def write(self, directory: Path) -> None:
-        body = asdict(self) | {"fingerprint": self.fingerprint()}
+        """The manifest as JSON, secrets in its config masked (the fingerprint still holds the real values)."""
+        from newsrec_dist.config import masked  # here: config pulls in Hydra, most readers of io need none of it
+
+        body = asdict(self) | {"config": masked(self.config), "fingerprint": self.fingerprint()}
         atomic_write_text(Path(directory) / MANIFEST_NAME, json.dumps(body, indent=2, default=str))
 
 

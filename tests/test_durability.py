@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from newsrec_dist.cli import app
 from newsrec_dist.io import (
-    PROGRESS_NAME, RUN_LOCK_ENV, RUN_LOCK_INFO, Manifest, ResumableDir, RunLockedError, atomic_dir, atomic_write_text,
-    read_manifest, run_lock,
+    MANIFEST_NAME, PROGRESS_NAME, RUN_LOCK_ENV, RUN_LOCK_INFO, Manifest, ResumableDir, RunLockedError, atomic_dir,
+    atomic_write_text, is_up_to_date, read_manifest, run_lock,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,3 +202,13 @@ def test_newsrec_run_on_a_busy_work_dir_fails_naming_the_holder(tmp_path: Path, 
     assert result.exit_code == 2, result.output
     assert f"pid {held_by_another} on " in " ".join(result.output.split())
     assert not (tmp_path / "report.md").exists()
+
+
+def test_manifest_masks_secrets_but_fingerprints_them(tmp_path: Path) -> None:
+    secret = {"spark": {"conf": {"spark.authenticate.secret": "s3cr3t", "spark.sql.shuffle.partitions": "4"}}}
+    Manifest(stage="graphs", inputs={}, config=secret).write(tmp_path)
+    written = (tmp_path / MANIFEST_NAME).read_text()
+    assert "s3cr3t" not in written and '"spark.sql.shuffle.partitions": "4"' in written
+    assert is_up_to_date(tmp_path, "graphs", {}, secret)  # masking the file does not make the artifact stale
+    changed = {"spark": {"conf": {**secret["spark"]["conf"], "spark.authenticate.secret": "other"}}}
+    assert not is_up_to_date(tmp_path, "graphs", {}, changed)
