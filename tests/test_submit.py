@@ -109,6 +109,7 @@ def test_slurm_starts_spark_and_ray_inside_the_allocation(slurm: LocalSlurm, tin
     assert "graphs.spark.master=\"$SPARK_MASTER\"" in graphs.command
     assert wait_for(graphs, timeout=600) == SUCCEEDED, job_logs(graphs)[-4000:]
     assert "Registering app newsrec-graphs" in job_logs(graphs)  # the standalone master ran the application
+    assert "SecurityManager: authentication enabled" in job_logs(graphs)  # with the job's own secret
     node2vec = _submit("node2vec", tmp_path, *SLURM_JOB, f"paths.work_dir={work}", *NODE2VEC)
     assert wait_for(node2vec, timeout=600) == SUCCEEDED, job_logs(node2vec)[-4000:]
     assert "node2vec.ray.address=auto" in node2vec.command and "Ray runtime started" in job_logs(node2vec)
