@@ -469,12 +469,18 @@ class SamplerConfig:
 
 @dataclass
 class RayTrainConfig:
-    """Ray Train: ``TorchTrainer`` runs the same LightningModule on ``workers`` processes (DDP)."""
+    """Ray Train: ``TorchTrainer`` runs the same LightningModule on ``workers`` processes (DDP).
+
+    ``max_failures``: how many times a failed worker group (a worker killed, its node lost, an error in a worker)
+    is restarted before the run fails (Ray's ``FailureConfig``; -1: without limit, 0: never). Each restart resumes
+    from the newest checkpoint in the run directory; a deterministic error is retried as often, then raised.
+    """
 
     enabled: bool = False
     workers: int = 2
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
+    max_failures: int = 3
     ray: RayConfig = field(default_factory=RayConfig)
 
 

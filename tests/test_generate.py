@@ -10,12 +10,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -30,13 +33,14 @@ from newsrec_dist.config import (
 from newsrec_dist.data.prepare import read_behaviors, read_news_table
 from newsrec_dist.generate.backends import Completion, OpenAIBackend, Request, TransformersBackend, smollm2_gguf
 from newsrec_dist.generate.cache import CompletionCache, cache_key
+from newsrec_dist.generate import engine
 from newsrec_dist.generate.engine import PARTS_DIR, RESULTS_FILE, BudgetExhausted, Spend
 from newsrec_dist.generate.parsing import parse_answer
 from newsrec_dist.generate.prompts import clean_text, load_template
 from newsrec_dist.generate.stage import TASKS, GenerationRun, run_generation, task_knobs
 from newsrec_dist.generate.tasks import first_per_user, item_profile_rows, user_histories
 from newsrec_dist.graphs.keywords import KEYWORDS_SCHEMA
-from newsrec_dist.io import artifact_fingerprint, read_manifest
+from newsrec_dist.io import artifact_fingerprint, read_manifest, write_part
 
 KEYWORDS = load_template("keywords").schema
 TEST_KEY_ENV, TEST_KEY = "NEWSREC_TEST_KEY", "test-secret"
@@ -257,6 +261,79 @@ def test_kill_and_resume_loses_and_duplicates_no_row(tiny: tuple[Path, Path], tm
     assert len(set(a["row_id"].to_pylist())) == a.num_rows and a["answer"].to_pylist() == b["answer"].to_pylist()
     cost = json.loads((tmp_path / "killed" / "generate" / "summarize" / "cost.json").read_text())
     assert cost["ok"] + cost["failed"] == rows
+
+
+GENERATION_ACTOR = "ray::MapWorker(MapBatches(GenerationWorker))"  # the title Ray gives the pool's actor process
+
+
+def _generation_actors() -> list[psutil.Process]:
+    """This test's generation actors: descendants of this process (the raylet that ``local_ray`` started here
+    spawns them), never another test's or another user's Ray."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(process.cmdline()).startswith(GENERATION_ACTOR):
+                found.append(process)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _kill_actor_once_written(written: list[str], stop: threading.Event, record: dict[str, Any]) -> None:
+    """Once a row is written, SIGKILL the generation actor; then note the new actor process that replaces it."""
+    try:
+        while not written and not stop.is_set():
+            time.sleep(0.01)
+        victim = _generation_actors()[0]
+        record["written_at_kill"] = len(written)
+        victim.send_signal(signal.SIGKILL)
+        record["killed"] = victim.pid
+        while not stop.is_set() and "replaced_by" not in record:
+            record.update({"replaced_by": process.pid for process in _generation_actors() if process.pid != victim.pid})
+            time.sleep(0.01)
+    except Exception as error:  # noqa: BLE001 - the test reports it; a thread would lose it
+        record["error"] = repr(error)
+
+
+def test_killed_actor_is_restarted_and_the_stage_loses_and_duplicates_no_row(
+        tiny: tuple[Path, Path], tmp_path: Path, local_ray: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 of the Ray Data actor (not the driver) once the first part is written: Ray restarts the actor and
+    retries its batches (Ray Data's default for actor pools: ``max_restarts=-1``, ``max_task_retries=-1``), the
+    same run finishes, and every row is written to the parts exactly once, with the answers of an uninterrupted
+    run."""
+    prepared, _ = tiny
+    rows = 4  # one part per row: the kill lands after the first, while the actor answers the next
+    settings = ("generate.tasks=[summarize]", "generate.batch_size=1", "generate.rows_per_part=1",
+                f"generate.task.max_news={rows}")
+    written: list[str] = []  # every row the driver writes to a part, in order
+
+    def recording_write_part(parts: Path, table: pa.Table) -> Path:
+        written.extend(table["row_id"].to_pylist())
+        return write_part(parts, table)
+
+    monkeypatch.setattr(engine, "write_part", recording_write_part)
+    stop, record = threading.Event(), {}
+    killer = threading.Thread(target=_kill_actor_once_written, args=(written, stop, record), daemon=True)
+    killer.start()
+    try:
+        cost = run_generation(generate_cfg(tmp_path / "killed", tmp_path / "cache", *settings), prepared,
+                              ["train", "dev"])["summarize"]
+    finally:
+        stop.set()
+        killer.join(10)
+    assert "error" not in record and "killed" in record, record
+    assert 1 <= record["written_at_kill"] < rows, record  # the kill landed mid-run
+    assert "replaced_by" in record, record  # a new actor process took over the pool's work
+    assert len(written) == len(set(written)) == rows, written  # no row lost, none written twice
+    # the uninterrupted run to compare with: the same settings, from the completion cache (no model loads)
+    straight = run_generation(generate_cfg(tmp_path / "straight", tmp_path / "cache", *settings), prepared,
+                              ["train", "dev"])["summarize"]
+    a = pq.read_table(tmp_path / "killed" / "generate" / "summarize" / RESULTS_FILE)
+    b = pq.read_table(tmp_path / "straight" / "generate" / "summarize" / RESULTS_FILE)
+    assert a["row_id"].to_pylist() == b["row_id"].to_pylist() and len(set(a["row_id"].to_pylist())) == a.num_rows
+    assert a["answer"].to_pylist() == b["answer"].to_pylist() and a["status"].to_pylist() == b["status"].to_pylist()
+    assert cost["ok"] + cost["failed"] == rows == straight["ok"] + straight["failed"]
+    assert straight["completion_tokens"] == 0  # every answer came from the cache
 
 
 def test_budget_stops_cleanly_and_a_larger_budget_continues(tiny: tuple[Path, Path], tmp_path: Path,

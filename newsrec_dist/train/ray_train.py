@@ -2,6 +2,12 @@
 
 Workers share the run directory (a shared filesystem on clusters); rank 0 writes the checkpoints. The driver
 then evaluates the best checkpoint exactly as a single-process run does.
+
+Worker death: when a worker dies (``kill -9``, its node lost) or raises, Ray Train stops the whole worker group
+and starts a new one, up to ``train.ray.max_failures`` times (``FailureConfig``). The new group runs ``_worker``
+again, and ``fit`` resumes from the newest checkpoint in the run directory: the same files, and the same code
+path, that resume a run after the driver itself was killed, so no reported Ray checkpoint (``ray.train.report``,
+``ray.train.get_checkpoint``) is needed. Steps after that checkpoint are trained again, once.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ def _worker(config: dict[str, Any]) -> None:
 
 
 def fit_on_ray(run: Any, work: Path) -> None:
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     ray_cfg = run.train.ray
@@ -40,5 +46,6 @@ def fit_on_ray(run: Any, work: Path) -> None:
                                "cwd": os.getcwd()},
             scaling_config=ScalingConfig(num_workers=ray_cfg.workers, use_gpu=ray_cfg.use_gpu,
                                          resources_per_worker=resources),
-            run_config=RunConfig(storage_path=str((work / "ray").resolve()), name="train"))
+            run_config=RunConfig(storage_path=str((work / "ray").resolve()), name="train",
+                                 failure_config=FailureConfig(max_failures=ray_cfg.max_failures)))
         trainer.fit()
