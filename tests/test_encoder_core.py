@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -20,10 +22,13 @@ import torch.nn.functional as F
 
 from newsrec_dist.config import EncoderModelConfig, LoraConfig
 from newsrec_dist.encoder.contrastive import contrastive_step, info_nce, replayed_rng
+from newsrec_dist.encoder.distributed import process_group
+from newsrec_dist.encoder.finetune import CHECKPOINT_DIR, _checkpoint, _resume, check_checkpoint, deepspeed_json
 from newsrec_dist.encoder.models import TextEncoder, load_backbone, model_dir, tokenize, with_lora
 from newsrec_dist.encoder.pairs import PairFileError, load_pairs, read_pair_file, subcategory_negatives
 from newsrec_dist.encoder.pooling import pool
 from newsrec_dist.encoder.retrieval import recall_at
+from newsrec_dist.io import ResumableDir
 
 TINY_GLM4 = EncoderModelConfig(source="tiny-glm4", pooling="last", append_eos=True, max_length=32)
 GLM_LORA = LoraConfig(r=4, alpha=8, dropout=0.0,
@@ -213,3 +218,96 @@ def test_news_pairs_hold_out_a_stable_share(tiny: tuple[Path, Path], tmp_path: P
     assert not set(first.heldout["query"]) & set(first.train["query"])
     assert (first.train["negative"] != first.train["positive"]).all()
     assert "negative" not in again.train
+
+
+class Planted:
+    """Unpickling this calls ``Path(marker).touch()``: what a checkpoint planted by someone else could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return Path.touch, (self.marker,)
+
+
+def _tiny_engine(stage: str, seed: int):  # noqa: ANN202 - a DeepSpeedEngine
+    import deepspeed
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    model[0].weight.requires_grad_(False)  # frozen, like the backbone under LoRA
+    optimizer = torch.optim.AdamW([param for param in model.parameters() if param.requires_grad], lr=0.1)
+    config = {**deepspeed_json(stage), "bf16": {"enabled": False}, "train_micro_batch_size_per_gpu": 2,
+              "gradient_accumulation_steps": 1, "train_batch_size": 2}
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    engine.backward(engine(torch.randn(2, 4)).sum())
+    engine.step()
+    return engine
+
+
+def _trainable(engine) -> list[torch.Tensor]:  # noqa: ANN001
+    import deepspeed
+
+    params = [param for param in engine.module.parameters() if param.requires_grad]
+    with deepspeed.zero.GatheredParameters(params):
+        return [param.detach().clone() for param in params]
+
+
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _deepspeed_resume(_rank: int, stage: str, root: str) -> None:
+    """The test's DeepSpeed part, in a fresh process: DeepSpeed's global state outlives one process group."""
+    root_dir, warnings = Path(root), _Warnings()
+    logging.getLogger("newsrec_dist.io").addHandler(warnings)
+    marker = root_dir / "pwned"
+    with process_group(torch.device("cpu")):
+        work = ResumableDir(root_dir / "out", "fingerprint")
+        checkpoints = work.path / CHECKPOINT_DIR
+        saved = _tiny_engine(stage, seed=0)
+        _checkpoint(saved, checkpoints, 3, [0.5, 0.25], rank=0)
+        check_checkpoint(work, checkpoints)
+        assert not warnings.messages
+        resumed = _tiny_engine(stage, seed=1)
+        assert _resume(resumed, checkpoints) == (3, [0.5, 0.25])
+        assert all(torch.equal(a, b) for a, b in zip(_trainable(saved), _trainable(resumed), strict=True))
+
+        optimizer_file = next((checkpoints / "step-3").glob("*optim_states.pt"))
+        torch.save({"optimizer_state_dict": Planted(marker)}, optimizer_file)
+        with pytest.raises(pickle.UnpicklingError):
+            _resume(_tiny_engine(stage, seed=2), checkpoints)
+        assert not marker.exists()
+        check_checkpoint(work, checkpoints)
+    refused = [message for message in warnings.messages if str(optimizer_file) in message and "afresh" in message]
+    assert refused, warnings.messages
+    assert work.path.is_dir() and not any(work.path.iterdir())
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_resume_reads_weights_only_and_refuses_a_planted_pickle(stage: str, tmp_path: Path) -> None:
+    """A genuine checkpoint (ZeRO optimiser state and all) resumes through the weights-only load; a file whose
+    pickle would run code is refused, by DeepSpeed's own load too, and the check empties the work directory
+    with a warning naming the file, so the run starts at step 0. The planted code never runs."""
+    mp.spawn(_deepspeed_resume, args=(stage, str(tmp_path)), nprocs=1, join=True)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("tag", ["../../elsewhere", "", "step-4"])
+def test_latest_must_name_a_step_tag_that_holds_files(tag: str, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """``latest`` naming a path outside the checkpoint directory, nothing, or a tag without files (lost in a crash)
+    restarts the run with a warning instead of pointing DeepSpeed at it."""
+    work = ResumableDir(tmp_path / "out", "fingerprint")
+    checkpoints = work.path / CHECKPOINT_DIR
+    (checkpoints / "step-4").mkdir(parents=True)
+    (checkpoints / "latest").write_text(tag)
+    with caplog.at_level(logging.WARNING, logger="newsrec_dist.io"):
+        check_checkpoint(work, checkpoints)
+    assert any(str(checkpoints / "latest") in record.getMessage() for record in caplog.records)
+    assert work.path.is_dir() and not any(work.path.iterdir())

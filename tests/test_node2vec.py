@@ -3,7 +3,9 @@ resume after kill -9, and every graph as a Ray task on a real local Ray."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -23,7 +25,7 @@ from safetensors.torch import load_file
 
 from newsrec_dist.config import Node2VecConfig, RayConfig
 from newsrec_dist.embed.link_eval import link_auc, split_edges
-from newsrec_dist.embed.node2vec import build_model, edge_copies, train_graph, walk_edge_index
+from newsrec_dist.embed.node2vec import CHECKPOINT, build_model, edge_copies, train_graph, walk_edge_index
 from newsrec_dist.embed.node2vec_stage import embed_graphs
 from newsrec_dist.embed.vectors import EMBEDDINGS_SAFETENSORS, read_vectors
 from newsrec_dist.graphs.artifact import edge_table, node_keys
@@ -170,6 +172,63 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_graphs: Path, tmp_path:
     _, resumed_vectors = read_vectors(killed_out / "news" / "w=3")
     _, straight_vectors = read_vectors(tmp_path / "straight" / "news" / "w=3")
     np.testing.assert_allclose(resumed_vectors, straight_vectors, rtol=1e-5, atol=1e-6)
+
+
+class _Stopped(Exception):
+    pass
+
+
+class Planted:
+    """Unpickling this calls ``Path(marker).touch()``: what a checkpoint planted by someone else could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return Path.touch, (self.marker,)
+
+
+def _stopped_after_one_epoch(graphs: Path, out: Path, cfg: Node2VecConfig) -> Path:
+    """Train until the first epoch's checkpoint and progress are saved, then stop as a kill would there."""
+
+    @contextlib.contextmanager
+    def stop_in_second_epoch(_label: str, total: int | None):  # noqa: ANN202
+        seen = 0
+
+        def advance(n: int) -> None:
+            nonlocal seen
+            seen += n
+            if seen > total // cfg.epochs:  # the second epoch's first batch: epoch 1 is on disk
+                raise _Stopped
+
+        yield advance
+
+    with pytest.raises(_Stopped):
+        train_graph(graphs, "news/w=2", out, cfg, progress=stop_in_second_epoch)
+    work = out / "news" / ".partial-w=2"
+    assert json.loads((work / ".progress.json").read_text())["state"]["epochs_done"] == 1
+    return work / CHECKPOINT
+
+
+@pytest.mark.parametrize("damage", ["truncated", "planted pickle"])
+def test_unreadable_checkpoint_restarts_the_graph_with_a_warning(damage: str, tiny_graphs: Path, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A torn checkpoint, or one whose pickle would run code, is never applied (and the code never runs): the
+    stage warns naming it and trains the graph from epoch 0, to the same vectors as an uninterrupted run."""
+    cfg = replace(SMALL, epochs=2)
+    checkpoint = _stopped_after_one_epoch(tiny_graphs, tmp_path / "out", cfg)
+    marker = tmp_path / "pwned"
+    if damage == "truncated":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:200])
+    else:
+        torch.save({"model": Planted(marker), "optimizer": {}}, checkpoint)
+    with caplog.at_level(logging.WARNING, logger="newsrec_dist.io"):
+        resumed = train_graph(tiny_graphs, "news/w=2", tmp_path / "out", cfg)
+    assert not marker.exists()
+    assert any(str(checkpoint) in record.getMessage() and "afresh" in record.getMessage() for record in caplog.records)
+    assert resumed["resumed_at_epoch"] == 0 and len(resumed["losses"]) == cfg.epochs
+    straight = train_graph(tiny_graphs, "news/w=2", tmp_path / "straight", cfg)
+    assert resumed["losses"] == pytest.approx(straight["losses"], rel=1e-6)
 
 
 def test_stage_trains_graphs_as_ray_tasks_then_skips_ray(tiny_graphs: Path, tmp_path: Path, ray_dir: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 from helpers import THREADS, kill_when, run
 from safetensors.torch import load_file
@@ -23,6 +25,8 @@ from newsrec_dist.config import SparkConfig, SynthConfig, as_object, load_config
 from newsrec_dist.eval.significance import paired_t_test, read_per_impression, seed_average, verdict
 from newsrec_dist.generate.stage import run_generation
 from newsrec_dist.graphs.artifact import node_keys
+from newsrec_dist.io import ResumableDir
+from newsrec_dist.train.stage import CHECKPOINTS, fit, newest_checkpoint, plan, restore_checkpoints, train_model
 
 
 @pytest.mark.slow
@@ -132,6 +136,47 @@ def test_resume_after_kill_equals_uninterrupted_run(planted: Path, lstur_straigh
     assert first["steps"] == second["steps"] and first["metrics"] == second["metrics"]
     assert len(first["resumed_from"]) == 1 and second["resumed_from"] == []
     assert int(first["resumed_from"][0].split("step=")[1].removesuffix(".ckpt")) >= 14  # not from scratch
+
+
+class Planted:
+    """Unpickling this calls ``Path(marker).touch()``: what a checkpoint planted by someone else could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return Path.touch, (self.marker,)
+
+
+@pytest.mark.parametrize("damage", ["torn newest", "planted best"])
+def test_checkpoints_are_read_weights_only_and_unreadable_ones_restart_training(
+        damage: str, tiny: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Lightning's own checkpoints pass the weights-only read; a torn checkpoint (the one ``fit`` would resume
+    from), or one whose pickle would run code (the one ``finish`` would evaluate), makes the run warn naming it
+    and train afresh. The planted code never runs."""
+    prepared, _ = tiny
+    cfg = load_config(overrides(prepared, tmp_path / "t", "train.epochs=1", "train.max_steps=4"))
+    run = plan(cfg)
+    work = ResumableDir(run.final, run.fingerprint)
+    work.save({"started": "now"})
+    fit(run, work.path)  # killed after training, before finish: the checkpoints stay in the work directory
+    checkpoints = work.path / CHECKPOINTS
+    genuine = sorted(checkpoints.glob("*.ckpt"))
+    restore_checkpoints(work)
+    assert sorted(checkpoints.glob("*.ckpt")) == genuine and (checkpoints / "best.ckpt") in genuine
+    marker, damaged = tmp_path / "pwned", newest_checkpoint(checkpoints)
+    assert damaged is not None and damaged.name != "best.ckpt"
+    if damage == "torn newest":
+        damaged.write_bytes(damaged.read_bytes()[:300])  # as a machine crash can leave it
+    else:
+        damaged = checkpoints / "best.ckpt"
+        torch.save({"state_dict": Planted(marker)}, damaged)
+    with caplog.at_level(logging.WARNING, logger="newsrec_dist.io"):
+        summary = train_model(cfg, run=run)
+    assert not marker.exists()
+    warnings = [record.getMessage() for record in caplog.records if "afresh" in record.getMessage()]
+    assert len(warnings) == 1 and str(damaged) in warnings[0], warnings
+    assert summary["resumed_from"] == []  # trained again from the start
 
 
 def test_finished_run_is_reused_and_bad_settings_fail_clearly(tiny: tuple[Path, Path], tmp_path: Path) -> None:

@@ -14,9 +14,11 @@ uses C ``rand()``, which no seed controls).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,8 @@ from newsrec_dist.io import Manifest, ResumableDir, artifact_fingerprint, is_up_
 from newsrec_dist.progress import Advance, ProgressFactory, no_progress
 
 CHECKPOINT = "checkpoint.pt"
+FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"  # PyTorch's documented switch: every torch.load weights-only
+FORCE_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"  # its opposite, which torch refuses beside it
 WEIGHT_MODES = ("none", "multiplicity", "log1p")
 # Settings that change the embeddings; device, loader workers and Ray resources do not.
 TRAINING_KEYS = ("init_std", "embedding_dim", "walk_length", "context_size", "walks_per_node", "p", "q",
@@ -144,16 +148,47 @@ def check_learned(graph: str, untrained: float, losses: list[float], min_drop: f
             "or set node2vec.min_loss_drop=0 to accept it")
 
 
+@contextlib.contextmanager
+def weights_only_loads(allowed: Sequence[type] = ()) -> Iterator[None]:
+    """Every ``torch.load`` inside unpickles tensors, plain containers and the ``allowed`` classes only, whatever
+    ``weights_only`` its caller passes: for libraries that load with ``weights_only=False`` (DeepSpeed).
+
+    This is how the project reads every checkpoint (the one building block, with :func:`load_weights`): a pickle
+    that would import or call anything else (a planted ``__reduce__``) raises ``UnpicklingError`` before any of
+    it runs. It sets PyTorch's documented ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` for the block (and lifts a
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, which torch refuses beside it); ``allowed`` goes through
+    ``torch.serialization.safe_globals``.
+    """
+    saved = {name: os.environ.get(name) for name in (FORCE_WEIGHTS_ONLY, FORCE_NO_WEIGHTS_ONLY)}
+    os.environ[FORCE_WEIGHTS_ONLY] = "1"
+    os.environ.pop(FORCE_NO_WEIGHTS_ONLY, None)
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def load_weights(path: Path, map_location: Any = "cpu", allowed: Sequence[type] = ()) -> Any:
+    """A checkpoint read through :func:`weights_only_loads`: tensors and plain containers, never code."""
+    with weights_only_loads(allowed):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def _save_checkpoint(model: Node2Vec, optimizer: torch.optim.Optimizer, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
     os.replace(tmp, path)
 
 
-def _load_checkpoint(model: Node2Vec, optimizer: torch.optim.Optimizer, path: Path, device: torch.device) -> None:
-    state = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+def _read_checkpoint(path: Path, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model, optimiser) state of a checkpoint; raises on a torn, foreign or malformed one (nothing applied yet)."""
+    state = load_weights(path, map_location=device)
+    return dict(state["model"]), dict(state["optimizer"])
 
 
 def training_config(cfg: Node2VecConfig) -> dict[str, Any]:
@@ -195,10 +230,14 @@ def train_graph(graphs_dir: Path, graph: str, out_dir: Path, cfg: Node2VecConfig
     work = ResumableDir(final, Manifest(stage="node2vec", inputs=inputs, config=config).fingerprint())
     done = int(work.state.get("epochs_done", 0))
     losses = list(work.state.get("losses", []))
-    if done:
-        _load_checkpoint(model, optimizer, work.path / CHECKPOINT, device)
+    # an unreadable checkpoint (torn, or not one we wrote) warns and empties the work dir: start from epoch 0
+    saved = work.restore(work.path / CHECKPOINT, lambda path: _read_checkpoint(path, device)) if done else None
+    if saved is not None:
+        model.load_state_dict(saved[0])
+        optimizer.load_state_dict(saved[1])
         untrained = float(work.state["untrained_loss"])
     else:
+        done, losses = 0, []
         untrained = untrained_loss(model, start_nodes, device, cfg)
     batches = -(-len(start_nodes) // cfg.batch_size)
     started = time.perf_counter()

@@ -3,7 +3,8 @@
 The run directory ``<train.output_dir>/<model.name>`` is written through a :class:`ResumableDir`: checkpoints
 land in ``.partial-<name>/checkpoints`` (every ``checkpoint_every_n_steps`` steps, every epoch, and the best dev
 AUC), a re-run after ``kill -9`` resumes from the newest one mid-epoch, and the finished directory holds
-``model.safetensors``, ``metrics.json``, ``prediction.txt``, ``summary.json`` and the manifest.
+``model.safetensors``, ``metrics.json``, ``prediction.txt``, ``summary.json`` and the manifest. Checkpoints are
+read weights-only (tensors and plain containers, never code); an unreadable one restarts the run afresh.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 
 from newsrec_dist.config import ModelConfig, TrainConfig, as_object, masked, to_container
+from newsrec_dist.embed.node2vec import load_weights
 from newsrec_dist.eval.evaluate import EvalData, evaluate_scores, load_eval_data, per_impression_metrics
 from newsrec_dist.eval.impressions import ClickCounter, ImpressionSet, load_impressions
 from newsrec_dist.eval.metrics import write_prediction_file
@@ -261,6 +263,15 @@ def newest_checkpoint(directory: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def restore_checkpoints(work: ResumableDir) -> None:
+    """Read every checkpoint a resumed run loads (``fit`` the newest, ``finish`` the best and the newest)
+    weights-only, as Lightning is told to: a torn one, or one whose pickle holds more than tensors and plain
+    containers, warns naming it and empties the work directory, so the run trains afresh instead of failing."""
+    for path in sorted((work.path / CHECKPOINTS).glob("*.ckpt")):
+        if work.restore(path, load_weights) is None:
+            return
+
+
 def fit(run: TrainRun, work: Path, strategy: Any = None, plugins: list[Any] | None = None,
         prepare: Callable[[pl.Trainer], pl.Trainer] | None = None, data: Any = None) -> pl.Trainer:
     """Train (resuming from ``work/checkpoints`` when it holds a checkpoint); the same code on every rank."""
@@ -322,7 +333,7 @@ def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_pro
     chosen = best if best.is_file() else newest_checkpoint(checkpoints)
     if chosen is None:
         raise RuntimeError(f"{checkpoints}: training wrote no checkpoint")
-    checkpoint = torch.load(chosen, map_location="cpu", weights_only=True)
+    checkpoint = load_weights(chosen)
     data = data or task.load(run, progress)
     model = task.build(run, data)
     model.load_state_dict({key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()})
@@ -332,7 +343,7 @@ def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_pro
     eval_seconds = time.perf_counter() - started
     exported = task.export(work.path, model, run, data, scores)
     save_model(model.cpu(), str(work.path / "model.safetensors"))
-    last = torch.load(newest_checkpoint(checkpoints), map_location="cpu", weights_only=True)
+    last = load_weights(newest_checkpoint(checkpoints))
     summary = {"model": run.model.name, "kind": run.model.kind, "checkpoint": chosen.name,
                "ranking": run.model.kind == "impressions" and run.model.scorer.kind in RANKING_SCORERS,
                "best_epoch": int(checkpoint["epoch"]), "steps": int(last["global_step"]),
@@ -356,6 +367,7 @@ def train_model(cfg: DictConfig, progress: ProgressFactory = no_progress, run: T
     if existing is not None and existing.get("fingerprint") == run.fingerprint:
         return dict(existing["extra"])
     work = ResumableDir(run.final, run.fingerprint)
+    restore_checkpoints(work)  # before any rank or Ray worker resumes from one
     if not work.state:  # record the fingerprint now: a re-run after a kill keeps the checkpoints and resumes
         work.save({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     if run.train.ray.enabled:
