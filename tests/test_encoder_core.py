@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import Planted
 
 from newsrec_dist.config import EncoderModelConfig, LoraConfig
 from newsrec_dist.encoder.contrastive import contrastive_step, info_nce, replayed_rng
@@ -218,16 +219,6 @@ def test_news_pairs_hold_out_a_stable_share(tiny: tuple[Path, Path], tmp_path: P
     assert not set(first.heldout["query"]) & set(first.train["query"])
     assert (first.train["negative"] != first.train["positive"]).all()
     assert "negative" not in again.train
-
-
-class Planted:
-    """Unpickling this calls ``Path(marker).touch()``: what a checkpoint planted by someone else could run."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # noqa: ANN204
-        return Path.touch, (self.marker,)
 
 
 def _tiny_engine(stage: str, seed: int):  # noqa: ANN202 - a DeepSpeedEngine

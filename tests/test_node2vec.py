@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import Planted
 from planted import SMALL_NODE2VEC
 from safetensors.torch import load_file
 
@@ -176,16 +177,6 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_graphs: Path, tmp_path:
 
 class _Stopped(Exception):
     pass
-
-
-class Planted:
-    """Unpickling this calls ``Path(marker).touch()``: what a checkpoint planted by someone else could run."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # noqa: ANN204
-        return Path.touch, (self.marker,)
 
 
 def _stopped_after_one_epoch(graphs: Path, out: Path, cfg: Node2VecConfig) -> Path:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from helpers import THREADS, kill_when, run
+from helpers import THREADS, kill_when, Planted, run
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -136,16 +136,6 @@ def test_resume_after_kill_equals_uninterrupted_run(planted: Path, lstur_straigh
     assert first["steps"] == second["steps"] and first["metrics"] == second["metrics"]
     assert len(first["resumed_from"]) == 1 and second["resumed_from"] == []
     assert int(first["resumed_from"][0].split("step=")[1].removesuffix(".ckpt")) >= 14  # not from scratch
-
-
-class Planted:
-    """Unpickling this calls ``Path(marker).touch()``: what a checkpoint planted by someone else could run."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # noqa: ANN204
-        return Path.touch, (self.marker,)
 
 
 @pytest.mark.parametrize("damage", ["torn newest", "planted best"])

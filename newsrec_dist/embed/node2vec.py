@@ -14,11 +14,9 @@ uses C ``rand()``, which no seed controls).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ import torch
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 from torch_geometric.nn import Node2Vec  # noqa: E402
 
+from newsrec_dist.checkpoints import load_weights
 from newsrec_dist.config import Node2VecConfig
 from newsrec_dist.embed.vectors import write_vectors
 from newsrec_dist.graphs.artifact import edge_table, node_keys
@@ -38,8 +37,6 @@ from newsrec_dist.io import Manifest, ResumableDir, artifact_fingerprint, is_up_
 from newsrec_dist.progress import Advance, ProgressFactory, no_progress
 
 CHECKPOINT = "checkpoint.pt"
-FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"  # PyTorch's documented switch: every torch.load weights-only
-FORCE_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"  # its opposite, which torch refuses beside it
 WEIGHT_MODES = ("none", "multiplicity", "log1p")
 # Settings that change the embeddings; device, loader workers and Ray resources do not.
 TRAINING_KEYS = ("init_std", "embedding_dim", "walk_length", "context_size", "walks_per_node", "p", "q",
@@ -146,37 +143,6 @@ def check_learned(graph: str, untrained: float, losses: list[float], min_drop: f
             f"{min_drop:.0%} of its untrained {untrained:.4f}: its vectors learned nothing. Prune the graph "
             "(graphs.top_k / graphs.keyword_graph_top_k / graphs.min_weight), train longer (node2vec.epochs), "
             "or set node2vec.min_loss_drop=0 to accept it")
-
-
-@contextlib.contextmanager
-def weights_only_loads(allowed: Sequence[type] = ()) -> Iterator[None]:
-    """Every ``torch.load`` inside unpickles tensors, plain containers and the ``allowed`` classes only, whatever
-    ``weights_only`` its caller passes: for libraries that load with ``weights_only=False`` (DeepSpeed).
-
-    This is how the project reads every checkpoint (the one building block, with :func:`load_weights`): a pickle
-    that would import or call anything else (a planted ``__reduce__``) raises ``UnpicklingError`` before any of
-    it runs. It sets PyTorch's documented ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` for the block (and lifts a
-    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, which torch refuses beside it); ``allowed`` goes through
-    ``torch.serialization.safe_globals``.
-    """
-    saved = {name: os.environ.get(name) for name in (FORCE_WEIGHTS_ONLY, FORCE_NO_WEIGHTS_ONLY)}
-    os.environ[FORCE_WEIGHTS_ONLY] = "1"
-    os.environ.pop(FORCE_NO_WEIGHTS_ONLY, None)
-    try:
-        with torch.serialization.safe_globals(list(allowed)):
-            yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def load_weights(path: Path, map_location: Any = "cpu", allowed: Sequence[type] = ()) -> Any:
-    """A checkpoint read through :func:`weights_only_loads`: tensors and plain containers, never code."""
-    with weights_only_loads(allowed):
-        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _save_checkpoint(model: Node2Vec, optimizer: torch.optim.Optimizer, path: Path) -> None:

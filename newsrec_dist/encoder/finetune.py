@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 
 from newsrec_dist.config import EncoderConfig, FinetuneConfig, conf_dir
-from newsrec_dist.embed.node2vec import load_weights, resolve_device, weights_only_loads
+from newsrec_dist.checkpoints import load_weights, weights_only_loads
+from newsrec_dist.embed.node2vec import resolve_device
 from newsrec_dist.encoder.contrastive import contrastive_step, info_nce
 from newsrec_dist.encoder.distributed import process_group
 from newsrec_dist.encoder.models import TextEncoder, encode_texts, load_backbone, model_dir, tokenize, with_lora

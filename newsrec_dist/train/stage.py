@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 
 from newsrec_dist.config import ModelConfig, TrainConfig, as_object, masked, to_container
-from newsrec_dist.embed.node2vec import load_weights
+from newsrec_dist.checkpoints import load_weights
 from newsrec_dist.eval.evaluate import EvalData, evaluate_scores, load_eval_data, per_impression_metrics
 from newsrec_dist.eval.impressions import ClickCounter, ImpressionSet, load_impressions
 from newsrec_dist.eval.metrics import write_prediction_file
