@@ -798,10 +798,22 @@ def from_container(container: dict[str, Any]) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(RootConfig), container)
 
 
-# A secret-looking key: one of its ``_``/``-``/``.``-separated words names a secret (``api_key``, ``hf_token``,
-# ``spark.authenticate.secret``), not a count of tokens (``max_tokens``) or a host name
-SECRET_KEY = re.compile(r"(?:^|[._-])(?:pass(?:word|wd)?|secret|token|api_?key|apikey|credentials?|auth|"
-                        r"private_?key)(?:$|[._-])", re.IGNORECASE)
+# A secret-looking key: one of its words, or two in a row, names a secret (``api_key``, ``HF_TOKEN``, ``accessToken``,
+# ``spark.authenticate.secret``); a count of tokens (``max_tokens``) or a sort key does not
+SECRET_WORDS = frozenset({"password", "passwd", "pass", "secret", "token", "apikey", "credential", "credentials",
+                          "auth", "privatekey", "accesskey"})
+_KEY_WORD_BREAK = re.compile(r"[._\-\s]+|(?<=[a-z0-9])(?=[A-Z])")
+
+
+def is_secret_key(key: str) -> bool:
+    """``key`` names a secret (``*_env`` keys name the variable that holds one, and are not secrets)."""
+    if key.endswith("_env"):
+        return False
+    words = [word.lower() for word in _KEY_WORD_BREAK.split(key) if word]
+    pairs = [first + second for first, second in zip(words, words[1:])]
+    return any(word in SECRET_WORDS for word in (*words, *pairs))
+
+
 # ``key=value`` words of a command line or override list: the whole word or only the value may be shell-quoted
 _ASSIGNMENT = re.compile(r"""(?P<quote>['"])?(?P<key>[\w.+~-]+)=(?P<value>(?(quote)[^'"]*|(?:'[^']*'|"[^"]*"|[^\s'"]+)))""")
 URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
@@ -817,7 +829,7 @@ def masked(value: Any, key: str = "") -> Any:
         return {name: masked(item, str(name)) for name, item in value.items()}
     if isinstance(value, list):
         return [masked(item, key) for item in value]
-    if value is not None and SECRET_KEY.search(key) and not key.endswith("_env"):
+    if value is not None and is_secret_key(key):
         return MASK
     if isinstance(value, str):
         value = URL_USERINFO.sub(MASK + "@", value)
@@ -830,7 +842,7 @@ def masked_command(text: str) -> str:
     records, logs): the config's rule applied to ``key=value`` words."""
     def assignment(match: re.Match[str]) -> str:
         key = match.group("key")
-        if not SECRET_KEY.search(key) or key.endswith("_env"):
+        if not is_secret_key(key):
             return match.group(0)
         return f"{match.group('quote') or ''}{key}={MASK}"
     return masked(_ASSIGNMENT.sub(assignment, text))

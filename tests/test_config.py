@@ -212,7 +212,11 @@ def test_command_lines_mask_secret_overrides() -> None:
     shown = masked_command(command)
     for secret in ("s3cr3t", "hf_1", "pw@", "t0k"):
         assert secret not in shown
-    assert "secret=***' " in shown and "max_tokens=64" in shown and "api_key_env=MY_KEY" in shown and "HF_TOKEN=***" in shown
+    assert "secret=***' " in shown and "max_tokens=64" in shown
+    for key, secret in (("accessToken", True), ("clientSecret", True), ("db.password", True), ("AWS_ACCESS_KEY", True),
+                        ("private_key", True), ("max_tokens", False), ("sort_key", False), ("passes", False),
+                        ("author", False), ("token_budget_env", False)):
+        assert (masked_command(f"x.{key}=v4lue") == f"x.{key}=***") is secret, key and "api_key_env=MY_KEY" in shown and "HF_TOKEN=***" in shown
 
 
 @pytest.mark.parametrize(("generate", "overrides", "expected"),
