@@ -38,6 +38,7 @@ RUN_LOCK_NAME = ".newsrec-run.lock"
 RUN_LOCK_INFO = ".newsrec-run.json"  # who holds the lock: pid, host, start time, command
 RUN_LOCK_ENV = "NEWSREC_RUN_LOCK"  # set while a run holds the lock; the processes it starts inherit it
 _HASH_CHUNK = 8 * 1024 * 1024
+_MTIME_SLACK_NS = 2_000_000_000  # coarse file-system clocks (2 s on FAT) may date a file before the save began
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,15 +117,17 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(root: Path) -> None:
-    """fsync a file, or every file and directory under ``root`` (children before their directory)."""
+def _fsync_tree(root: Path, changed_since_ns: int = 0) -> None:
+    """fsync a file, or every file and directory under ``root`` (children before their directory); files last
+    written before ``changed_since_ns`` were synced by an earlier call and are skipped."""
     if not root.is_dir():
         _fsync(root)
         return
     for directory, _, files in os.walk(root, topdown=False):
         for name in files:
-            if not os.path.islink(os.path.join(directory, name)):
-                _fsync(Path(directory, name))
+            path = Path(directory, name)
+            if not path.is_symlink() and path.stat().st_mtime_ns >= changed_since_ns:
+                _fsync(path)
         _fsync(Path(directory))
 
 
@@ -159,6 +162,7 @@ class ResumableDir:
         self.final = Path(final)
         self.path = self.final.parent / f".partial-{self.final.name}"
         self.fingerprint = fingerprint
+        self._synced_ns = 0  # files written before this were synced by an earlier save
         self.state: dict[str, Any] = self._load()
 
     def _load(self) -> dict[str, Any]:
@@ -184,7 +188,11 @@ class ResumableDir:
     def save(self, state: dict[str, Any]) -> None:
         """Record progress once the work it counts is on disk: saved progress never outlives its files."""
         self.state = state
-        _fsync_tree(self.path)
+        # only what changed since the last save: a stage saving after each of thousands of parts (synth, prepare
+        # at MIND-large) would otherwise fsync every earlier part again each time
+        started = time.time_ns()
+        _fsync_tree(self.path, self._synced_ns)
+        self._synced_ns = started - _MTIME_SLACK_NS
         body = {"fingerprint": self.fingerprint, "state": state}
         atomic_write_text(self.path / PROGRESS_NAME, json.dumps(body, default=str))
 
