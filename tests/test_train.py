@@ -232,17 +232,3 @@ def test_seeds_early_stopping_and_paired_tests_through_the_cli(tiny: tuple[Path,
     entropy = paired_t_test(per_arm["high"]["category_entropy@10"], per_arm["low"]["category_entropy@10"])
     assert f"- a higher rate diversifies (high over low, nrms, category_entropy@10): **{verdict(entropy, 0.05)}**" \
         in report
-
-
-# Last in the file: a SIGTERM that Ray's shutdown leaves for Lightning's handler in this process ended the next
-# in-process training once (SystemExit 15); see the session note.
-@pytest.mark.slow
-def test_ray_train_two_workers_match_single_process(planted: Path, tmp_path: Path, ray_dir: str) -> None:
-    single = train(planted, tmp_path / "single")["metrics"]["all"]["auc"]
-    ray_run = train(planted, tmp_path / "ray", "train=ray", f"train.ray.ray.temp_dir={ray_dir}", "train.threads=1")
-    assert ray_run["metrics"]["all"]["auc"] >= floor(planted)
-    assert abs(ray_run["metrics"]["all"]["auc"] - single) < 0.05
-    # two workers split each epoch: half the optimizer steps of one process at the same batch size (each
-    # epoch drops its last partial batch, so one process may take one more step per epoch)
-    steps = train(planted, tmp_path / "single")["steps"]
-    assert 0 <= steps - 2 * ray_run["steps"] <= 3
