@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 # DeepSpeed ships as an sdist: build no C++/CUDA ops at install (they JIT-compile when first used).
 export DS_BUILD_OPS ?= 0
 
-.PHONY: demo test bootstrap slurm
+.PHONY: demo test test-fast bootstrap slurm
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -35,10 +35,13 @@ slurm:
 demo: $(STAMP)
 	$(BIN)/newsrec run experiment=quickstart
 
-# Two tiers: the fast one first and fail-fast, then the slow one (end to end, learnability), each two tests at a
-# time (pytest-xdist; modules with their own services stay on one worker, tests/conftest.py). pytest exits 5 when
-# a tier collects no tests, so an empty run fails loudly. --durations feeds docs/testing.md's table.
-PYTEST := $(BIN)/python -m pytest tests -n 2 --dist loadgroup --durations=30
+# One run, two tests at a time (pytest-xdist; modules with their own services stay on one worker), the longest
+# first and fail-fast (tests/conftest.py): two tiers one after the other idled a core at each tier's end and built
+# the session fixtures twice. pytest exits 5 when it collects no tests, so an empty run fails loudly.
+# `make test-fast` runs the fast tests alone (a few minutes). --durations feeds docs/testing.md's table.
+PYTEST := $(BIN)/python -m pytest tests -n 2 --dist loadgroup --durations=30 -x
 test: $(STAMP) slurm
-	$(PYTEST) -m "not slow" -x
-	$(PYTEST) -m slow
+	$(PYTEST)
+
+test-fast: $(STAMP) slurm
+	$(PYTEST) -m "not slow"

@@ -29,8 +29,8 @@ SLOW_TIMEOUT_S = 900
 # Modules whose module-scoped services (a Slurm, a two-node Ray, a llama.cpp server, a Spark session) must start
 # once: under pytest-xdist (`--dist loadgroup`) each of them runs all its tests on one worker.
 ONE_WORKER_MODULES = ("test_submit", "test_generate", "test_graphs")
-# The longest tests (docs/testing.md's table) start first, so that two workers end together instead of one
-# finishing a 5-10 minute test alone at the end.
+# The longest tests (docs/testing.md's table) start first, then the one-worker modules, the other slow tests and
+# the fast ones: the longest first, so that two workers end together instead of one finishing a long test alone.
 LONGEST = ("test_plm_nr_learns", "test_quickstart_pipeline_end_to_end_and_rerun_skips",
            "test_finetune_improves_heldout_title_to_abstract_retrieval",
            "test_killed_pipeline_resumes_and_from_reruns_the_later_stages")
@@ -38,8 +38,8 @@ LONGEST = ("test_plm_nr_learns", "test_quickstart_pipeline_end_to_end_and_rerun_
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tier's per-test limit (pyproject's ``timeout`` is every other test's); one worker per module that
-    starts its own services; the longest tests and the one-worker modules first."""
+    """The slow tests' per-test limit (pyproject's ``timeout`` is every other test's); one worker per module that
+    starts its own services; the longest tests first."""
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
@@ -56,7 +56,9 @@ def _start_order(item: pytest.Item) -> int:
     name = item.originalname if isinstance(item, pytest.Function) else item.name
     if name in LONGEST:
         return LONGEST.index(name)
-    return len(LONGEST) + (0 if _module(item) in ONE_WORKER_MODULES else 1)
+    if _module(item) in ONE_WORKER_MODULES:
+        return len(LONGEST)
+    return len(LONGEST) + (1 if item.get_closest_marker("slow") else 2)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Ray Train: two DDP workers learn what one process learns, and survive a worker's death: a worker killed
 mid-epoch, the worker group restarted from the last checkpoint (``train.ray.max_failures``, Ray's
 ``FailureConfig``), the same run finishing. One run tests both (one Ray Train start instead of two: ~1.5 min of the
-slow tier). The Ray Data side (a generation actor killed mid-run) is in tests/test_generate.py."""
+suite). The Ray Data side (a generation actor killed mid-run) is in tests/test_generate.py."""
 
 from __future__ import annotations
 
