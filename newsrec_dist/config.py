@@ -135,7 +135,11 @@ class GraphsConfig:
     split: str = "train"
     keywords_top_k: int = 5
     output_dir: str = "${paths.work_dir}/graphs"
-    keywords_path: str = "${paths.work_dir}/keywords/tfidf"
+    tfidf_dir: str = "${paths.work_dir}/keywords/tfidf"  # where the `keywords` stage writes its TF-IDF table
+    keywords_path: str = "${graphs.tfidf_dir}"  # the keyword graphs' table (LECOP: the LLM's, generate/keywords)
+    # more keyword tables (name → directory of a keywords.parquet): their keyword graphs are built beside the main
+    # ones as <name>/item_keyword/w=<w> and <name>/intra_keyword (LECOP's keywords arm: llm vs tfidf)
+    extra_keywords: dict[str, str] = field(default_factory=dict)
     pagerank_iterations: int = 20
     spark: SparkConfig = field(default_factory=SparkConfig)
 

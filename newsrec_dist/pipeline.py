@@ -61,7 +61,7 @@ def stage_keywords(state: RunState) -> None:
     from newsrec_dist.graphs.build import build_keywords
 
     cfg = state.cfg
-    build_keywords(Path(cfg.data.prepared_dir), Path(cfg.graphs.keywords_path), cfg.graphs.keywords_top_k)
+    build_keywords(Path(cfg.data.prepared_dir), Path(cfg.graphs.tfidf_dir), cfg.graphs.keywords_top_k)
 
 
 def stage_graphs(state: RunState) -> None:
@@ -220,7 +220,7 @@ def stage_outputs(cfg: DictConfig, name: str) -> list[Path]:
 
     outputs = {
         "synth": [cfg.data.raw_dir], "download": [cfg.data.raw_dir], "prepare": [cfg.data.prepared_dir],
-        "keywords": [cfg.graphs.keywords_path], "graphs": [cfg.graphs.output_dir],
+        "keywords": [cfg.graphs.tfidf_dir], "graphs": [cfg.graphs.output_dir],
         "node2vec": [cfg.node2vec.output_dir], "finetune": [cfg.encoder.output_dir],
         "embed": [Path(cfg.encoder.embeddings_dir) / embedding_name(as_object(cfg.encoder))],
         "glove": [Path(cfg.encoder.embeddings_dir) / GLOVE], "generate": [cfg.generate.output_dir],

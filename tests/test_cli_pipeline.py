@@ -53,7 +53,7 @@ def test_config_composes_quickstart_with_typed_overrides() -> None:
         load_config(["experiment=nonexistent"])
 
 
-@pytest.mark.parametrize(("experiment", "runs"), [("quickstart", 5), ("lecop", 14 * 3), ("popk", 4 * 4 * 3),
+@pytest.mark.parametrize(("experiment", "runs"), [("quickstart", 5), ("lecop", 16 * 3), ("popk", 4 * 4 * 3),
                                                    ("genre", 48 * 3), ("pfr", 4 * 3)])
 def test_experiments_compose_and_every_ablation_arm_applies(experiment: str, runs: int) -> None:
     cfg = load_config([f"experiment={experiment}"])
@@ -66,6 +66,9 @@ def test_experiments_compose_and_every_ablation_arm_applies(experiment: str, run
         assert arm.model.name == job.name
         assert arm.train.seed == (job.seed if job.seed is not None else cfg.train.seed)
         assert all(source.startswith(cfg.paths.work_dir) for view in arm.model.news.views for source in view.sources)
+        graphs = [source.removeprefix(f"{cfg.node2vec.output_dir}/") for view in arm.model.news.views
+                  for source in view.sources if source.startswith(cfg.node2vec.output_dir)]
+        assert set(graphs) <= set(cfg.node2vec.graphs), job.name  # every graph an arm reads is embedded
 
 
 def test_command_line_model_settings_reach_every_arm_and_an_arms_own_key_wins() -> None:
@@ -78,6 +81,12 @@ def test_command_line_model_settings_reach_every_arm_and_an_arms_own_key_wins() 
               if name.startswith("fusion.") and name.endswith(".seed1")}
     assert fusion == {"fusion.add": "concat", "fusion.concat": "concat", "fusion.attention": "attention"}
     assert arms["encoder.glove.seed1"].model.news.views[0].sources[0].endswith("glove-6b-50d")
+    # the keywords arm: the LLM's keyword table and graphs, or TF-IDF's table with its own graphs
+    llm, tfidf = arms["keywords.llm.seed1"].model.news, arms["keywords.tfidf.seed1"].model.news
+    assert llm.keywords_path.endswith("generate/keywords/keywords.parquet")
+    assert tfidf.keywords_path.endswith("keywords/tfidf/keywords.parquet")
+    assert [source.split("/node2vec/")[1] for source in tfidf.views[0].sources[1:]] == \
+        ["news/w=2", "tfidf/item_keyword/w=2", "tfidf/intra_keyword"]
 
 
 def test_an_ablations_shared_settings_reach_every_arm_and_a_variants_own_win() -> None:

@@ -20,7 +20,8 @@ from newsrec_dist.config import GraphsConfig, SparkConfig
 from newsrec_dist.data.prepare import read_behaviors
 from newsrec_dist.data.schema import BEHAVIORS_SCHEMA
 from newsrec_dist.graphs import reference, spark_job
-from newsrec_dist.graphs.build import build_graphs
+from newsrec_dist.graphs.artifact import available_graphs, node_keys
+from newsrec_dist.graphs.build import build_graphs, build_keywords
 from newsrec_dist.graphs.sequences import click_sequences, keyword_index
 from newsrec_dist.graphs.spark_session import spark_session
 from newsrec_dist.graphs.stats import adjacency, graph_stats, pagerank
@@ -187,6 +188,32 @@ def test_build_graphs_artifacts_ids_stats_and_noop_rerun(tiny: tuple[Path, Path]
     for window in (1, 6):
         with pytest.raises(ValueError, match=r"2\.\.5, got \[%d\].*w=1 has no edges" % window):
             build_graphs(GraphsConfig(windows=[window], spark=local_spark), prepared, keywords, tmp_path / "bad")
+
+
+def test_extra_keyword_tables_build_the_keyword_graphs_a_main_table_would(tiny: tuple[Path, Path], tmp_path: Path,
+                                                                           local_spark: SparkConfig) -> None:
+    """LECOP's keywords arm: TF-IDF's keyword graphs beside the LLM's in one artifact, each equal to the graphs that
+    keyword table builds as the main one."""
+    prepared, keywords = tiny
+    other = build_keywords(prepared, tmp_path / "other-keywords", top_k=2)  # a different keyword table
+    both = build_graphs(GraphsConfig(windows=[2], extra_keywords={"other": str(other.parent)}, spark=local_spark),
+                        prepared, keywords, tmp_path / "both")
+    alone = build_graphs(GraphsConfig(windows=[2], spark=local_spark), prepared, other, tmp_path / "alone")
+    assert sorted(available_graphs(tmp_path / "both")) == sorted(
+        ["news/w=2", "intra_keyword", "item_keyword/w=2", "other/intra_keyword", "other/item_keyword/w=2"])
+    for graph in ("intra_keyword", "item_keyword/w=2"):
+        extra = pq.read_table(tmp_path / "both" / "other" / graph).to_pandas()
+        main = pq.read_table(tmp_path / "both" / graph).to_pandas()
+        expected = pq.read_table(tmp_path / "alone" / graph).to_pandas()
+        assert_same_edges(extra.assign(src=extra["src_key"], dst=extra["dst_key"]),
+                          expected.assign(src=expected["src_key"], dst=expected["dst_key"]))
+        assert len(extra) != len(main)  # the main table's graph is another graph
+        assert both[f"other/{graph}"] == alone[graph]
+        assert list(node_keys(tmp_path / "both", f"other/{graph}")) == list(node_keys(tmp_path / "alone", graph))
+    for name in ("news", "item_keyword", "a/b"):
+        with pytest.raises(ValueError, match="graphs.extra_keywords"):
+            build_graphs(GraphsConfig(windows=[2], extra_keywords={name: str(other.parent)}, spark=local_spark),
+                         prepared, keywords, tmp_path / "bad")
 
 
 def test_stats_agree_with_networkx() -> None:

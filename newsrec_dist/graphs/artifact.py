@@ -10,12 +10,14 @@ import pyarrow.parquet as pq
 
 from newsrec_dist.io import read_manifest
 
+KEYWORD_GRAPHS = ("intra_keyword", "item_keyword")  # graph kinds whose nodes are keywords
+
 
 def available_graphs(graphs_dir: Path) -> list[str]:
     manifest = read_manifest(graphs_dir)
     if manifest is None:
         raise FileNotFoundError(f"{graphs_dir}: no manifest.json; run `newsrec graphs build` first")
-    return [name for name in manifest["rows"] if not name.startswith("nodes/")]
+    return [name for name in manifest["rows"] if "nodes" not in name.split("/")]
 
 
 def node_keys(graphs_dir: Path, graph: str) -> np.ndarray:
@@ -23,7 +25,16 @@ def node_keys(graphs_dir: Path, graph: str) -> np.ndarray:
     available = available_graphs(graphs_dir)
     if graph not in available:
         raise ValueError(f"{graphs_dir}: no graph {graph!r}; it holds {available} (graphs.windows adds windows)")
-    return read_keys(Path(graphs_dir) / "nodes" / ("news" if graph.startswith("news/") else "keyword"))
+    return read_keys(Path(graphs_dir) / node_table_of(graph))
+
+
+def node_table_of(graph: str) -> str:
+    """``nodes/news`` for news-ID graphs; the keyword node table of the graph's keyword source otherwise
+    (``<name>/nodes/keyword`` for a ``graphs.extra_keywords`` table's ``<name>/item_keyword/w=2``)."""
+    if graph.startswith("news/"):
+        return "nodes/news"
+    head = graph.split("/")[0]
+    return "nodes/keyword" if head in KEYWORD_GRAPHS else f"{head}/nodes/keyword"
 
 
 def read_keys(nodes_dir: Path) -> np.ndarray:

@@ -5,6 +5,8 @@ Layout of the graphs artifact::
     nodes/news/, nodes/keyword/            node_id (contiguous, in key order), key
     news/w=<w>/, item_keyword/w=<w>/       src, dst (node ids, src < dst), weight, src_key, dst_key
     intra_keyword/                         same columns (independent of the window)
+    <name>/nodes/keyword/, <name>/item_keyword/w=<w>/, <name>/intra_keyword/
+                                           the keyword graphs again from each ``graphs.extra_keywords`` table
     stats.json · manifest.json
 """
 
@@ -22,7 +24,7 @@ from pyspark.sql import functions as F
 from newsrec_dist.config import GraphsConfig
 from newsrec_dist.data.prepare import BEHAVIORS_DIR, NEWS_FILE, read_news_table
 from newsrec_dist.graphs import spark_job
-from newsrec_dist.graphs.artifact import read_keys
+from newsrec_dist.graphs.artifact import KEYWORD_GRAPHS, read_keys
 from newsrec_dist.graphs.keywords import tfidf_keywords
 from newsrec_dist.graphs.spark_session import spark_session
 from newsrec_dist.graphs.stats import graph_stats
@@ -45,8 +47,20 @@ def build_keywords(prepared_dir: Path, out_dir: Path, top_k: int) -> Path:
 
 
 def _output_config(cfg: GraphsConfig) -> dict[str, Any]:
-    """What changes the graphs (Spark settings do not)."""
-    return {key: value for key, value in asdict(cfg).items() if key not in ("spark", "output_dir", "keywords_path")}
+    """What changes the graphs (Spark settings do not; the keyword tables are inputs)."""
+    return {key: value for key, value in asdict(cfg).items()
+            if key not in ("spark", "output_dir", "keywords_path", "extra_keywords", "tfidf_dir")}
+
+
+def keyword_sources(cfg: GraphsConfig, keywords_path: Path) -> dict[str, Path]:
+    """Graph-name prefix → keyword table: ``""`` for ``keywords_path``, ``"<name>/"`` for each extra table (an
+    ablation's other keywords, e.g. TF-IDF beside the LLM's)."""
+    bad = [name for name in cfg.extra_keywords if not name.isidentifier() or name in ("news", "nodes", *KEYWORD_GRAPHS)]
+    if bad:
+        raise ValueError(f"graphs.extra_keywords: names must be identifiers other than news, nodes and the graph "
+                         f"kinds (they prefix graph names), got {bad}")
+    extra = {f"{name}/": Path(path) / KEYWORDS_FILE for name, path in sorted(cfg.extra_keywords.items())}
+    return {"": keywords_path, **extra}
 
 
 def build_graphs(cfg: GraphsConfig, prepared_dir: Path, keywords_path: Path, out_dir: Path) -> dict[str, Any]:
@@ -55,41 +69,49 @@ def build_graphs(cfg: GraphsConfig, prepared_dir: Path, keywords_path: Path, out
     if bad:
         raise ValueError(f"graphs.windows must lie in {MIN_WINDOW}..{MAX_WINDOW}, got {bad}: a window of w consecutive "
                          "clicks pairs each click with the next w-1, so w=1 has no edges (docs/graphs.md)")
-    inputs = {"prepared": artifact_fingerprint(prepared_dir), "keywords": artifact_fingerprint(keywords_path.parent)}
+    sources = keyword_sources(cfg, keywords_path)
+    inputs = {"prepared": artifact_fingerprint(prepared_dir),
+              **{f"keywords{'@' + prefix.rstrip('/') if prefix else ''}": artifact_fingerprint(path.parent)
+                 for prefix, path in sources.items()}}
     config = _output_config(cfg)
     if is_up_to_date(out_dir, "graphs", inputs, config):
         return json.loads((Path(out_dir) / "stats.json").read_text())
     with atomic_dir(Path(out_dir)) as work:
         with spark_session(cfg.spark) as spark:
-            rows = _write_graphs(spark, cfg, prepared_dir, keywords_path, work)
-        stats = _all_stats(work, cfg)  # after Spark stops: the JVM heap and these arrays never coexist
+            rows = _write_graphs(spark, cfg, prepared_dir, sources, work)
+        stats = _all_stats(work, cfg, list(sources))  # after Spark stops: the JVM heap and these arrays never coexist
         atomic_write_text(work / "stats.json", json.dumps(stats, indent=2))
         Manifest(stage="graphs", inputs=inputs, config=config, rows=rows).write(work)
     return stats
 
 
-def _write_graphs(spark: SparkSession, cfg: GraphsConfig, prepared_dir: Path, keywords_path: Path,
+def _write_graphs(spark: SparkSession, cfg: GraphsConfig, prepared_dir: Path, sources: dict[str, Path],
                   work: Path) -> dict[str, int]:
     behaviors = spark.read.parquet(str(Path(prepared_dir) / BEHAVIORS_DIR)).where(F.col("split") == cfg.split)
     sequences = spark_job.click_sequences(behaviors).cache()
-    keywords = spark_job.distinct_keywords(spark.read.parquet(str(keywords_path))).cache()
     news_ids = spark.read.parquet(str(Path(prepared_dir) / NEWS_FILE)).select(F.col("news_id").alias("key"))
     clicked = sequences.select(F.explode("seq").alias("key"))
     news_nodes = spark_job.node_table(news_ids.unionByName(clicked)).cache()
-    keyword_nodes = spark_job.node_table(keywords.select(F.explode("keywords").alias("key"))).cache()
     news_nodes.write.parquet(str(work / "nodes" / "news"))
-    keyword_nodes.write.parquet(str(work / "nodes" / "keyword"))
-    rows = {"nodes/news": news_nodes.count(), "nodes/keyword": keyword_nodes.count()}
-    intra = spark_job.intra_item_keyword_graph(sequences, keywords)
-    rows["intra_keyword"] = _write_edges(intra, keyword_nodes, cfg.min_weight, cfg.keyword_graph_top_k,
-                                         work / "intra_keyword")
+    rows = {"nodes/news": news_nodes.count()}
+    keywords: dict[str, tuple[DataFrame, DataFrame]] = {}  # prefix → (keyword table, its node table)
+    for prefix, path in sources.items():
+        table = spark_job.distinct_keywords(spark.read.parquet(str(path))).cache()
+        nodes = spark_job.node_table(table.select(F.explode("keywords").alias("key"))).cache()
+        nodes.write.parquet(str(work / f"{prefix}nodes" / "keyword"))
+        rows[f"{prefix}nodes/keyword"] = nodes.count()
+        intra = spark_job.intra_item_keyword_graph(sequences, table)
+        rows[f"{prefix}intra_keyword"] = _write_edges(intra, nodes, cfg.min_weight, cfg.keyword_graph_top_k,
+                                                      work / f"{prefix}intra_keyword")
+        keywords[prefix] = (table, nodes)
     for window in cfg.windows:
         news_edges = spark_job.news_graph(sequences, window).cache()
         rows[f"news/w={window}"] = _write_edges(news_edges, news_nodes, cfg.min_weight, cfg.top_k,
                                                 work / "news" / f"w={window}")
-        item_keyword = spark_job.item_item_keyword_graph(news_edges, keywords)  # from unpruned co-clicks
-        rows[f"item_keyword/w={window}"] = _write_edges(item_keyword, keyword_nodes, cfg.min_weight,
-                                                        cfg.keyword_graph_top_k, work / "item_keyword" / f"w={window}")
+        for prefix, (table, nodes) in keywords.items():
+            item_keyword = spark_job.item_item_keyword_graph(news_edges, table)  # from unpruned co-clicks
+            graph = f"{prefix}item_keyword/w={window}"
+            rows[graph] = _write_edges(item_keyword, nodes, cfg.min_weight, cfg.keyword_graph_top_k, work / graph)
         news_edges.unpersist()
     return rows
 
@@ -100,15 +122,12 @@ def _write_edges(edges: DataFrame, nodes: DataFrame, min_weight: int, top_k: int
     return pq.read_table(path, columns=["src"]).num_rows
 
 
-def _all_stats(work: Path, cfg: GraphsConfig) -> dict[str, Any]:
+def _all_stats(work: Path, cfg: GraphsConfig, prefixes: list[str]) -> dict[str, Any]:
     news_keys = read_keys(work / "nodes" / "news")
-    keyword_keys = read_keys(work / "nodes" / "keyword")
-    stats = {"intra_keyword": graph_stats(pq.read_table(work / "intra_keyword"), keyword_keys,
-                                          cfg.pagerank_iterations)}
-    for window in cfg.windows:
-        stats[f"news/w={window}"] = graph_stats(pq.read_table(work / "news" / f"w={window}"), news_keys,
-                                                cfg.pagerank_iterations)
-        stats[f"item_keyword/w={window}"] = graph_stats(pq.read_table(work / "item_keyword" / f"w={window}"),
-                                                        keyword_keys, cfg.pagerank_iterations)
+    stats = {f"news/w={window}": graph_stats(pq.read_table(work / "news" / f"w={window}"), news_keys,
+                                             cfg.pagerank_iterations) for window in cfg.windows}
+    for prefix in prefixes:
+        keyword_keys = read_keys(work / f"{prefix}nodes" / "keyword")
+        for graph in [f"{prefix}intra_keyword", *(f"{prefix}item_keyword/w={window}" for window in cfg.windows)]:
+            stats[graph] = graph_stats(pq.read_table(work / graph), keyword_keys, cfg.pagerank_iterations)
     return stats
-
