@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 from difflib import get_close_matches
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -489,6 +490,45 @@ class RayTrainConfig:
 
 
 @dataclass
+class TrialsConfig:
+    """How the train stage runs an experiment's runs (its models and ablation arms, each once per seed).
+
+    ``parallel`` 1: one after another in this process. More: each distinct run is a Ray Tune trial with ``cpus``
+    and ``gpus`` of its own, at most ``parallel`` at once, on the Ray of ``ray`` (a private local Ray here, the
+    cluster by address). A finished run is never trained again (its manifest), an unfinished one resumes from its
+    checkpoints: re-running the stage after a kill trains only what is left, wherever it runs. A failed trial is
+    retried ``max_failures`` times (resuming), then its error fails the stage.
+    """
+
+    parallel: int = 1
+    cpus: float = 1.0  # per trial; torch threads follow it unless train.threads says otherwise
+    gpus: float = 0.0  # per trial; fractions share a GPU
+    max_failures: int = 1
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+class Tracker(str, Enum):
+    """An experiment tracker, a Lightning logger: CSV is always written (the report's curves read it)."""
+
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment tracking beside the CSV log: every run (trial) logs its losses and dev metrics, tagged with the
+    experiment, ablation, arm, model, seed and the run's config hash."""
+
+    loggers: list[Tracker] = field(default_factory=list)
+    tensorboard_dir: str = "${train.output_dir}/tensorboard"  # one directory per run under it
+    # None: an SQLite file store beside the runs (MLflow 3's file store is read-only); a server URI on clusters,
+    # e.g. http://mlflow:5000 (credentials from MLFLOW_TRACKING_USERNAME/PASSWORD or _TOKEN in the environment)
+    mlflow_uri: str | None = None
+    # what the pipeline's train stage fills per run (experiment, ablation, variant, model, seed)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class EarlyStoppingConfig:
     """Stop when the dev metric (AUC; NDCG for graph recommenders) has not improved by ``min_delta`` for
     ``patience`` epochs; the best epoch's weights are the ones exported and evaluated."""
@@ -523,6 +563,8 @@ class TrainConfig:
     seed: int = 42
     progress: bool = True
     ray: RayTrainConfig = field(default_factory=RayTrainConfig)
+    trials: TrialsConfig = field(default_factory=TrialsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output_dir: str = "${paths.work_dir}/train"
 
 
@@ -859,6 +901,6 @@ def config_yaml(cfg: DictConfig) -> str:
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     """Plain dict of a config node, for manifests and reports."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     assert isinstance(container, dict)
     return container

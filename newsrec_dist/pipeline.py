@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 from rich.console import Console
 
-from newsrec_dist.config import as_object, to_container
+from newsrec_dist.config import ConfigError, as_object, to_container
 from newsrec_dist.io import MANIFEST_NAME, run_lock
 from newsrec_dist.progress import progress_bar as _bars  # rich bars for in-process stages
 
@@ -151,31 +151,55 @@ def train_jobs(cfg: DictConfig) -> list[TrainJob]:
     return jobs
 
 
+def _tags(job: TrainJob) -> dict[str, str]:
+    """What a run is, for the experiment trackers (train.tracking): its model preset, ablation and arm."""
+    return {"model": job.model, **({"ablation": job.ablation, "arm": str(job.variant)} if job.ablation else {})}
+
+
 def stage_train(state: RunState) -> None:
     from newsrec_dist.config import with_variant
     from newsrec_dist.train.stage import plan, train_model
+    from newsrec_dist.train.tracking import prepare_mlflow
 
+    cfg = state.cfg
+    jobs = train_jobs(cfg)
+    runs = [plan(with_variant(cfg, job.model, {**job.settings, "train.tracking.tags": _tags(job)})) for job in jobs]
+    first: dict[str, str] = {}  # run fingerprint → the first job with it: equal arms train once
+    for job, run in zip(jobs, runs):
+        first.setdefault(run.fingerprint, job.name)
+    prepare_mlflow(as_object(cfg.train.tracking), cfg.train.output_dir, cfg.experiment_name)
+    if cfg.train.trials.parallel > 1:
+        _train_as_trials(cfg, {job.name: run for job, run in zip(jobs, runs) if first[run.fingerprint] == job.name})
     summaries: dict[str, Any] = {}
     arms: dict[str, list[dict[str, str]]] = {}
-    trained: dict[str, str] = {}  # run fingerprint → the first run name with it: equal arms train once
-    jobs = train_jobs(state.cfg)
-    for job in jobs:
-        cfg = with_variant(state.cfg, job.model, job.settings)
-        run = plan(cfg)
-        fingerprint = run.fingerprint
-        if fingerprint in trained:
-            console.print(f"{job.name}: the same run as {trained[fingerprint]}")
-            summaries[job.name] = summaries[trained[fingerprint]]
-        else:
-            console.rule(f"train {job.name}")
-            summaries[job.name] = train_model(cfg, _bars, run)
-            trained[fingerprint] = job.name
+    for job, run in zip(jobs, runs):
+        if first[run.fingerprint] != job.name:
+            console.print(f"{job.name}: the same run as {first[run.fingerprint]}")
+            summaries[job.name] = summaries[first[run.fingerprint]]
+        else:  # after trials, every run is finished: this reads its manifest
+            if cfg.train.trials.parallel <= 1:
+                console.rule(f"train {job.name}")
+            summaries[job.name] = train_model(run.cfg, _bars, run)
         if job.ablation is not None:
             arms.setdefault(job.ablation, []).append({"variant": job.variant, "model": job.model, "run": job.name,
                                                       "seed": job.seed})
     state.outputs["train"] = summaries
     state.outputs["model_runs"] = [job.name for job in jobs if job.ablation is None]
     state.outputs["ablations"] = arms
+
+
+def _train_as_trials(cfg: DictConfig, runs: dict[str, Any]) -> None:
+    """The distinct runs not finished yet, as parallel Ray Tune trials (train.trials)."""
+    from newsrec_dist.train.stage import finished_summary
+    from newsrec_dist.train.trials import run_trials
+
+    if cfg.train.ray.enabled:
+        raise ConfigError("train.trials.parallel > 1 trains each run as one trial; train.ray.enabled trains one run "
+                          "on several workers: enable one of them")
+    left = {name: run.cfg for name, run in runs.items() if finished_summary(run) is None}
+    console.print(f"{len(runs) - len(left)} of {len(runs)} runs already trained")
+    if left:
+        run_trials(left, as_object(cfg.train.trials), Path(cfg.train.output_dir))
 
 
 def stage_eval(state: RunState) -> None:

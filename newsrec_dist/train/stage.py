@@ -41,6 +41,7 @@ from newsrec_dist.train.features import Features, news_features, user_features
 from newsrec_dist.train.module import RecommenderModule
 from newsrec_dist.train.samples import PopularNews, SplitArrays, TrainBatches
 from newsrec_dist.train.scoring import score_split
+from newsrec_dist.train.tracking import run_loggers
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -48,7 +49,7 @@ EPOCHS_FILE = "epochs.json"
 RESUMES_FILE = "resumed_from.txt"  # one line per resumed fit: the checkpoint it continued from
 RANKING_KEYS = ("auc", "mrr", "ndcg@5", "ndcg@10")
 # settings that change how fast or where a run goes, not what it computes
-RUNTIME_KEYS = ("models", "progress", "threads", "output_dir", "eval_batch_impressions", "ray")
+RUNTIME_KEYS = ("models", "progress", "threads", "output_dir", "eval_batch_impressions", "ray", "trials", "tracking")
 
 
 @dataclass
@@ -291,15 +292,13 @@ def fit(run: TrainRun, work: Path, strategy: Any = None, plugins: list[Any] | No
         *early_stopping(cfg, task.monitor),
         *([StepBoundedProgressBar()] if cfg.progress else []),
     ]
-    from lightning.pytorch.loggers import CSVLogger
-
     trainer = pl.Trainer(
         # an injected strategy (Ray Train) owns the process layout: one device per worker
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
         devices="auto" if strategy is not None else cfg.devices,
         num_nodes=cfg.num_nodes, strategy=strategy or cfg.strategy, precision=cfg.precision, plugins=plugins,
         deterministic=cfg.deterministic,
-        callbacks=callbacks, default_root_dir=str(work), logger=CSVLogger(str(work), name="logs"),
+        callbacks=callbacks, default_root_dir=str(work), logger=run_loggers(run, work),
         enable_progress_bar=cfg.progress, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
         log_every_n_steps=10)
     if prepare is not None:
@@ -359,13 +358,21 @@ def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_pro
     return summary
 
 
+def finished_summary(run: TrainRun) -> dict[str, Any] | None:
+    """The summary of this run when its directory holds it finished (same inputs and config), else None."""
+    existing = read_manifest(run.final)
+    if existing is not None and existing.get("fingerprint") == run.fingerprint:
+        return dict(existing["extra"])
+    return None
+
+
 def train_model(cfg: DictConfig, progress: ProgressFactory = no_progress, run: TrainRun | None = None) -> dict[str, Any]:
     """Train ``cfg.model`` (or reuse a finished run with the same inputs and config); returns its summary.
     ``run``: ``plan(cfg)`` when the caller already made it (its input hashes are not computed twice)."""
     run = run or plan(cfg)
-    existing = read_manifest(run.final)
-    if existing is not None and existing.get("fingerprint") == run.fingerprint:
-        return dict(existing["extra"])
+    finished = finished_summary(run)
+    if finished is not None:
+        return finished
     work = ResumableDir(run.final, run.fingerprint)
     restore_checkpoints(work)  # before any rank or Ray worker resumes from one
     if not work.state:  # record the fingerprint now: a re-run after a kill keeps the checkpoints and resumes
