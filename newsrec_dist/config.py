@@ -15,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
@@ -649,6 +650,47 @@ class AblationConfig:
     claims: list[ClaimConfig] = field(default_factory=list)
 
 
+class Distribution(str, Enum):
+    """How a searched setting is drawn (Ray Tune's sampling functions of the same names)."""
+
+    choice = "choice"  # one of ``values``
+    uniform = "uniform"  # float in [low, high]
+    loguniform = "loguniform"  # float in [low, high], uniform in log space (learning rates)
+    randint = "randint"  # int in [low, high)
+
+
+@dataclass
+class SearchSpaceConfig:
+    kind: Distribution = Distribution.choice
+    values: list[Any] = field(default_factory=list)
+    low: float | None = None
+    high: float | None = None
+
+
+@dataclass
+class AshaConfig:
+    """Asynchronous successive halving: at epochs grace_period·reduction_factor^k a trial continues only if its
+    dev metric is in the top 1/reduction_factor of the trials that reached that epoch."""
+
+    grace_period: int = 1
+    reduction_factor: int = 2
+
+
+@dataclass
+class SearchConfig:
+    """The ``search`` stage: ``trials`` random draws from ``space`` (dotted keys, as a variant's ``set``) for the
+    preset ``model``, trained as Ray Tune trials (train.trials: resources, how many at once) with ASHA stopping the
+    weak ones after each epoch's dev evaluation. The best draw goes to ``<output_dir>/best.yaml``: a settings file
+    (``presets``) that the train stage's seeds protocol, or any later run, applies."""
+
+    model: str = "nrms"
+    trials: int = 8
+    space: dict[str, SearchSpaceConfig] = field(default_factory=dict)
+    asha: AshaConfig = field(default_factory=AshaConfig)
+    seed: int = 0  # the draws'
+    output_dir: str = "${paths.work_dir}/search"
+
+
 @dataclass
 class PathsConfig:
     work_dir: str = "runs/${experiment_name}"
@@ -676,6 +718,10 @@ class RootConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     stages: list[str] = field(default_factory=list)
     ablations: list[AblationConfig] = field(default_factory=list)  # trained by the pipeline's train stage
+    search: SearchConfig = field(default_factory=SearchConfig)
+    # settings files (YAML mappings of dotted keys, e.g. a search's best.yaml) applied to every model a run trains,
+    # after its model preset and before the command line's model.* settings and an arm's own
+    presets: list[str] = field(default_factory=list)
 
 
 def _register_schemas() -> None:
@@ -818,13 +864,27 @@ def with_variant(cfg: DictConfig, model: str, settings: dict[str, Any]) -> DictC
     """``cfg`` with ``conf/model/<model>.yaml``, the command line's ``model.*`` settings, then a variant's dotted
     ``settings`` (typos fail on the schema). A variant's own key beats the command line's: it defines the arm."""
     merged = OmegaConf.merge(cfg, {"model": _model_preset(str(conf_dir()), model)})
-    for key, value in {**cfg.model_overrides, **settings}.items():
+    for key, value in {**preset_settings(list(cfg.presets)), **cfg.model_overrides, **settings}.items():
         try:  # a list is merged (it replaces the old one, its items typed by the schema: views are NewsViewConfig)
             OmegaConf.update(merged, key, value, merge=isinstance(value, (list, ListConfig)))
         except (KeyError, AttributeError, IndexError, ValueError) as error:
             raise ConfigError(f"variant setting {key}={value!r}: {error}") from error
     OmegaConf.resolve(merged)
     return merged
+
+
+def preset_settings(paths: list[str]) -> dict[str, Any]:
+    """The dotted settings of ``presets`` files, later files winning."""
+    settings: dict[str, Any] = {}
+    for path in paths:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"presets: {path}: {error}") from error
+        if not isinstance(loaded, dict) or not isinstance(loaded.get("settings"), dict):
+            raise ConfigError(f"presets: {path}: expected a mapping with a 'settings' mapping of dotted keys")
+        settings.update(loaded["settings"])
+    return settings
 
 
 @functools.lru_cache(maxsize=64)

@@ -70,7 +70,7 @@ def code_version() -> str:
 STAGE_CODE: dict[str, tuple[str, ...]] = {
     "synth": ("data",), "prepare": ("data",), "keywords": ("graphs",), "graphs": ("graphs",),
     "node2vec": ("embed",), "encoder": ("encoder",), "glove": ("encoder",), "generate": ("generate",),
-    "train": ("train", "models", "eval"), "eval": ("eval",),
+    "train": ("train", "models", "eval"), "search": ("train", "models", "eval"), "eval": ("eval",),
 }
 
 

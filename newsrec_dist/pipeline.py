@@ -202,6 +202,12 @@ def _train_as_trials(cfg: DictConfig, runs: dict[str, Any]) -> None:
         run_trials(left, as_object(cfg.train.trials), Path(cfg.train.output_dir))
 
 
+def stage_search(state: RunState) -> None:
+    from newsrec_dist.train.search import run_search
+
+    state.outputs["search"] = run_search(state.cfg)
+
+
 def stage_eval(state: RunState) -> None:
     from newsrec_dist.eval.evaluate import run_baselines
 
@@ -231,6 +237,7 @@ STAGES: dict[str, Callable[[RunState], None]] = {
     "glove": stage_glove,
     "generate": stage_generate,
     "embed_profiles": stage_embed_profiles,
+    "search": stage_search,
     "train": stage_train,
     "eval": stage_eval,
     "report": stage_report,
@@ -249,7 +256,7 @@ def stage_outputs(cfg: DictConfig, name: str) -> list[Path]:
         "embed": [Path(cfg.encoder.embeddings_dir) / embedding_name(as_object(cfg.encoder))],
         "glove": [Path(cfg.encoder.embeddings_dir) / GLOVE], "generate": [cfg.generate.output_dir],
         "embed_profiles": [Path(cfg.encoder.embeddings_dir) / profiles_name(as_object(cfg.encoder))],
-        "train": [cfg.train.output_dir], "eval": [cfg.eval.output_dir], "report": [],
+        "search": [cfg.search.output_dir], "train": [cfg.train.output_dir], "eval": [cfg.eval.output_dir], "report": [],
     }
     return [Path(path) for path in outputs[name]]
 

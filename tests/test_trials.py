@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import COMMAND_TIMEOUT_S, kill_processes_mentioning, run
 
 # POPK's ablation cut to 2 arms (k0, k2) × 2 seeds of NRMS on the micro data, one epoch each: 4 runs
@@ -89,3 +90,31 @@ def test_arms_and_seeds_run_as_parallel_trials_resume_after_a_killed_cluster_and
                                                                              name[-1], "nrms")
         assert tags["config_hash"] == manifest["fingerprint"]
         assert entry.data.metrics["val_auc"] == pytest.approx(summary["epochs"][-1]["val_auc"])
+
+
+@pytest.mark.slow
+def test_a_search_stops_weak_trials_with_asha_and_the_seeds_protocol_trains_the_best_draw(tmp_path: Path,
+                                                                                          ray_dir: str) -> None:
+    work = tmp_path / "search"
+    settings = ["experiment=search", f"paths.work_dir={work}", "data.synth.scale=micro", "train.epochs=3",
+                "train.early_stopping.patience=null", "train.max_history=10", "train.progress=false",
+                # one trial at a time: ASHA compares each with those before it, so which it stops is deterministic
+                "search.trials=4", "seeds=[1]", "train.trials.parallel=1", f"train.trials.ray.temp_dir={ray_dir}",
+                "stages=[synth,prepare,glove,search,train]"]
+    first = run(_newsrec(*settings))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    trials = json.loads((work / "search" / "trials.json").read_text())
+    assert len(trials) == 4 and not any(trial["error"] for trial in trials)
+    stopped = [trial for trial in trials if trial["stopped_by_asha"]]
+    assert stopped and all(trial["epochs"] < 3 for trial in stopped)  # ASHA ended them before the last epoch
+    assert all(trial["epochs"] == 3 for trial in trials if trial["finished"])
+    best = yaml.safe_load((work / "search" / "best.yaml").read_text())
+    winner = max(trials, key=lambda trial: trial["best"])
+    assert best["settings"] == winner["settings"] and best["value"] == winner["best"]
+    trained = yaml.safe_load((work / "train" / "nrms.seed1" / "config.yaml").read_text())
+    assert trained["train"]["lr"] == best["settings"]["train.lr"]  # the protocol ran on the best draw
+    assert trained["model"]["news"]["dim"] == best["settings"]["model.news.dim"]
+
+    again = run(_newsrec(*settings))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "stage search up to date, skipped" in again.stdout and "stage train up to date, skipped" in again.stdout

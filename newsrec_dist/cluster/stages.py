@@ -15,7 +15,7 @@ from newsrec_dist.config import ConfigError
 
 # Every Ray-using stage's RayConfig: pointed at the cluster's Ray ("auto" reads RAY_ADDRESS) when one is there.
 RAY_ADDRESS_KEYS = ("node2vec.ray.address", "encoder.embed.ray.address", "generate.ray.address",
-                    "train.ray.ray.address")
+                    "train.ray.ray.address", "train.trials.ray.address")
 
 
 @dataclass(frozen=True)

@@ -274,8 +274,10 @@ def restore_checkpoints(work: ResumableDir) -> None:
 
 
 def fit(run: TrainRun, work: Path, strategy: Any = None, plugins: list[Any] | None = None,
-        prepare: Callable[[pl.Trainer], pl.Trainer] | None = None, data: Any = None) -> pl.Trainer:
-    """Train (resuming from ``work/checkpoints`` when it holds a checkpoint); the same code on every rank."""
+        prepare: Callable[[pl.Trainer], pl.Trainer] | None = None, data: Any = None,
+        observers: list[pl.Callback] | None = None) -> pl.Trainer:
+    """Train (resuming from ``work/checkpoints`` when it holds a checkpoint); the same code on every rank.
+    ``observers``: callbacks that read each epoch's dev metrics (after they are logged), e.g. a search's report."""
     cfg, task = run.train, task_for(run)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -289,6 +291,7 @@ def fit(run: TrainRun, work: Path, strategy: Any = None, plugins: list[Any] | No
         ModelCheckpoint(checkpoints, BEST, monitor=f"val_{task.monitor}", mode="max", save_top_k=1,
                         save_on_train_epoch_end=True),
         TrainingRecord(task, run, data, work),  # before EarlyStopping: it logs the dev metric that one reads
+        *(observers or []),
         *early_stopping(cfg, task.monitor),
         *([StepBoundedProgressBar()] if cfg.progress else []),
     ]
@@ -366,9 +369,11 @@ def finished_summary(run: TrainRun) -> dict[str, Any] | None:
     return None
 
 
-def train_model(cfg: DictConfig, progress: ProgressFactory = no_progress, run: TrainRun | None = None) -> dict[str, Any]:
+def train_model(cfg: DictConfig, progress: ProgressFactory = no_progress, run: TrainRun | None = None,
+                observers: list[pl.Callback] | None = None) -> dict[str, Any]:
     """Train ``cfg.model`` (or reuse a finished run with the same inputs and config); returns its summary.
-    ``run``: ``plan(cfg)`` when the caller already made it (its input hashes are not computed twice)."""
+    ``run``: ``plan(cfg)`` when the caller already made it (its input hashes are not computed twice);
+    ``observers``: see :func:`fit` (in-process runs only)."""
     run = run or plan(cfg)
     finished = finished_summary(run)
     if finished is not None:
@@ -384,6 +389,6 @@ def train_model(cfg: DictConfig, progress: ProgressFactory = no_progress, run: T
         return finish(run, work, progress)
     # one load serves fit and finish (PLM-NR's frozen layers run over every news item once, not twice)
     data = task_for(run).load(run, progress)
-    if fit(run, work.path, data=data).global_rank != 0:
+    if fit(run, work.path, data=data, observers=observers).global_rank != 0:
         return {}
     return finish(run, work, progress, data)

@@ -23,17 +23,23 @@ from newsrec_dist.config import TrialsConfig, from_container, to_container
 TUNE_DIR = ".tune"  # under train.output_dir: Tune's trial logs and experiment state
 
 
+def trial_config(container: dict[str, Any], cwd: str, threads: int) -> DictConfig:
+    """A run's config inside a trial's process (Tune starts it in its own directory: relative paths mean the
+    driver's); torch threads follow the trial's CPUs unless the config names them."""
+    if Path(cwd).is_dir():
+        os.chdir(cwd)
+    cfg = from_container(container)
+    if cfg.train.threads is None:
+        cfg.train.threads = threads
+    return cfg
+
+
 def _trial(config: dict[str, Any], configs: dict[str, dict[str, Any]], cwd: str, threads: int) -> None:
     from ray import tune
 
     from newsrec_dist.train.stage import train_model
 
-    if Path(cwd).is_dir():  # Tune starts each trial in its own directory; relative paths mean the driver's
-        os.chdir(cwd)
-    cfg = from_container(configs[config["run"]])
-    if cfg.train.threads is None:  # the trial's CPUs, not every core of the node
-        cfg.train.threads = threads
-    summary = train_model(cfg)
+    summary = train_model(trial_config(configs[config["run"]], cwd, threads))
     overall = summary.get("metrics", {}).get("all", {})
     tune.report({key: float(value) for key, value in overall.items() if isinstance(value, (int, float))})
 
@@ -49,7 +55,7 @@ def _progress(total: int) -> Any:
 
         def _line(self, trial: Any, outcome: str) -> None:
             self.ended += 1
-            print(f"trial {trial.config['run']} {outcome} ({self.ended}/{total})", flush=True)
+            print(f"trial {trial.config.get('run', trial.trial_id)} {outcome} ({self.ended}/{total})", flush=True)
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             self._line(trial, "finished")
@@ -60,24 +66,41 @@ def _progress(total: int) -> Any:
     return TrialProgress()
 
 
+def fit_trials(trainable: Any, param_space: dict[str, Any], settings: TrialsConfig, storage: Path, name: str,
+               total: int, seed: int = 0, **tune_config: Any) -> Any:
+    """Run ``trainable`` over ``param_space`` as Ray Tune trials with the resources, concurrency and retries of
+    ``settings`` (``seed``: the random draws'); returns Tune's ResultGrid."""
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    # the cap goes to the generator: given a generator, Tune does not apply TuneConfig.max_concurrent_trials to it
+    # (checked with Ray 2.60: four trials ran at once under a cap of one)
+    generator = BasicVariantGenerator(random_state=seed, max_concurrent=settings.parallel)
+    resources = {"cpu": settings.cpus} | ({"gpu": settings.gpus} if settings.gpus else {})
+    with ray_session(settings.ray):
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, resources), param_space=param_space,
+            tune_config=tune.TuneConfig(search_alg=generator, **tune_config),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage.resolve()), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                                      callbacks=[_progress(total)]))
+        print(f"{total} Ray Tune trials, at most {settings.parallel} at once", flush=True)
+        return tuner.fit()
+
+
+def trial_threads(settings: TrialsConfig) -> int:
+    return max(1, int(settings.cpus))
+
+
 def run_trials(runs: dict[str, DictConfig], settings: TrialsConfig, output_dir: Path) -> None:
     """Train every run of ``runs`` (name → its config) as one trial, at most ``settings.parallel`` at once; an error
     names every trial that failed, after the others have finished."""
     from ray import tune
 
     trainable = tune.with_parameters(_trial, configs={name: to_container(cfg) for name, cfg in runs.items()},
-                                     cwd=os.getcwd(), threads=max(1, int(settings.cpus)))
-    resources = {"cpu": settings.cpus} | ({"gpu": settings.gpus} if settings.gpus else {})
-    with ray_session(settings.ray):
-        tuner = tune.Tuner(
-            tune.with_resources(trainable, resources),
-            param_space={"run": tune.grid_search(list(runs))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=settings.parallel),
-            run_config=tune.RunConfig(name="trials", storage_path=str((output_dir / TUNE_DIR).resolve()), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                                      callbacks=[_progress(len(runs))]))
-        print(f"training {len(runs)} runs as Ray Tune trials, at most {settings.parallel} at once", flush=True)
-        results = tuner.fit()
+                                     cwd=os.getcwd(), threads=trial_threads(settings))
+    results = fit_trials(trainable, {"run": tune.grid_search(list(runs))}, settings, output_dir / TUNE_DIR, "trials",
+                         len(runs))
     failed = {result.config["run"]: result.error for result in results if result.error is not None}
     if failed:
         details = "\n".join(f"  {name}: {error}" for name, error in sorted(failed.items()))
