@@ -439,7 +439,7 @@ def cancel(job_id: JobId, overrides: Overrides = None) -> None:
 
 @app.command("bench")
 def bench(
-    stage: Annotated[str, typer.Argument(help="train | node2vec | generate")],
+    stage: Annotated[str, typer.Argument(help="train | node2vec | generate | pipeline (N trials in parallel)")],
     overrides: Overrides = None,
     workers: Annotated[str, typer.Option(help="comma-separated worker counts, e.g. 1,2,4")] = "1,2",
     out: Annotated[Path, typer.Option(help="report path, no suffix (.csv, .png, .md)")] = Path("benchmarks/scaling"),

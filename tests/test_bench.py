@@ -79,3 +79,17 @@ def test_bench_reads_each_stages_own_throughput(stage: str, scales: list[int], t
     assert rows[0]["unit"] == {"node2vec": "walks/s", "generate": "tokens/s"}[stage]
     assert (tmp_path / "report" / f"{stage}.png").is_file() and (tmp_path / "runs" / f"workers-{scales[-1]}").is_dir()
     assert not stale.exists()
+
+
+@pytest.mark.slow
+def test_bench_pipeline_counts_the_runs_its_parallel_trials_trained(tmp_path: Path, ray_dir: str) -> None:
+    from newsrec_dist.cluster.bench import bench
+
+    settings = ["data.synth.scale=micro", "stages=[synth,prepare,train]", "train.models=[nrms]", "seeds=[1,2]",
+                "train.epochs=1", "train.max_history=10", "train.progress=false", f"train.trials.ray.temp_dir={ray_dir}"]
+    (row,) = bench("pipeline", [2], settings, tmp_path / "report" / "pipeline", tmp_path / "runs",
+                   progress=lambda _: None)
+    train = tmp_path / "runs" / "workers-2" / "train"
+    assert sorted(path.parent.name for path in train.glob("*/summary.json")) == ["nrms.seed1", "nrms.seed2"]
+    assert (train / ".tune" / "trials").is_dir()  # they ran as trials
+    assert row["unit"] == "runs/h" and row["throughput"] == pytest.approx(2 * 3600 / row["wall_s"], rel=0.02)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -134,6 +135,19 @@ def test_ray_jobs_run_a_stage_on_a_two_node_cluster_and_cancel(ray_cluster: Loca
     wait_until(lambda: job_status(slow) == RUNNING, 120, "ray job")
     cancel_job(slow)
     assert wait_for(slow, timeout=120) == CANCELLED
+
+
+def test_an_experiments_runs_fan_out_as_trials_over_the_ray_cluster(ray_cluster: LocalRay, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    # two seeds of NRMS, two trials of one CPU at once: the cluster's two one-CPU nodes each take one
+    record = _submit("pipeline", tmp_path, "cluster=ray", f"cluster.ray.address={ray_cluster.address}",
+                     f"paths.work_dir={work}", "data.synth.scale=micro", "stages=[synth,prepare,train]",
+                     "train.models=[nrms]", "seeds=[1,2]", "train.epochs=1", "train.max_history=10",
+                     "train.progress=false", "train.threads=1", "train.trials.parallel=2")
+    assert "train.trials.ray.address=auto" in record.command  # the job's trials join the cluster it runs on
+    assert wait_for(record, timeout=600) == SUCCEEDED, job_logs(record)[-4000:]
+    assert sorted(re.findall(r"trial (nrms\.seed\d) finished", job_logs(record))) == ["nrms.seed1", "nrms.seed2"]
+    assert all((work / "train" / name / "manifest.json").is_file() for name in ("nrms.seed1", "nrms.seed2"))
 
 
 def test_local_backend_status_logs_and_cancel_from_the_cli(tmp_path: Path) -> None:

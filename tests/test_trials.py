@@ -4,6 +4,7 @@ the MLflow store holds every run with its tags and metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from helpers import COMMAND_TIMEOUT_S, kill_processes_mentioning, run
@@ -41,8 +43,12 @@ def _kill_after_the_first_run(command: list[str], train: Path, log: Path, ray_di
         while not _finished(train) and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert child.poll() is None, log.read_text()[-3000:]
-    finally:
+    finally:  # the driver's whole tree at once: Ray's workers (renamed ray::...) are children of its raylet
+        family = psutil.Process(child.pid).children(recursive=True)
         os.killpg(child.pid, signal.SIGKILL)
+        for process in family:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
         child.wait()
         kill_processes_mentioning(ray_dir)
 
@@ -64,7 +70,8 @@ def test_arms_and_seeds_run_as_parallel_trials_resume_after_a_killed_cluster_and
 
     resumed = run(_newsrec(*parallel))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"{len(before)} of {len(RUNS)} runs already trained" in resumed.stdout
+    assert re.findall(r"\d+ of \d+ runs already trained", resumed.stdout) == [f"{len(before)} of {len(RUNS)} runs "
+                                                                              "already trained"]
     trials = set(re.findall(r"trial (\S+) finished", resumed.stdout))
     assert trials == set(RUNS) - set(before)  # only the unfinished runs were trials again
     assert {name: _finished(train)[name] for name in before} == before  # the finished ones untouched

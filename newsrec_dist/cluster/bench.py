@@ -44,6 +44,12 @@ def _generate_throughput(cfg: DictConfig, _: Measurement) -> float:
     return sum(c["completion_tokens"] for c in costs) / max(sum(c["seconds"] for c in costs), 1e-9)
 
 
+def _pipeline_throughput(cfg: DictConfig, run: Measurement) -> float:
+    """Training runs finished per hour of the pipeline's wall time (an experiment's arms × seeds as trials)."""
+    trained = list(Path(cfg.train.output_dir).glob("*/summary.json"))
+    return len(trained) * 3600.0 / run.wall_s
+
+
 @dataclass(frozen=True)
 class BenchTarget:
     unit: str
@@ -62,6 +68,10 @@ TARGETS: dict[str, BenchTarget] = {
     "generate": BenchTarget("tokens/s", lambda n: [f"generate.actors={n}", f"generate.ray.num_cpus={n}",
                                                    "generate.cache_dir=${paths.work_dir}/llm-cache"],
                             _generate_throughput, ("summarize",)),
+    # an experiment at N trials in parallel, the cores shared among them
+    "pipeline": BenchTarget("runs/h", lambda n: [f"train.trials.parallel={n}", "train.trials.cpus=1",
+                                                 f"train.threads={max(1, (os.cpu_count() or 1) // n)}"],
+                            _pipeline_throughput),
 }
 
 
