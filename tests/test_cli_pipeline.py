@@ -71,6 +71,25 @@ def test_experiments_compose_and_every_ablation_arm_applies(experiment: str, run
         assert set(graphs) <= set(cfg.node2vec.graphs), job.name  # every graph an arm reads is embedded
 
 
+def test_a_presets_file_reaches_every_run_and_an_arms_own_key_wins(tmp_path: Path) -> None:
+    """A search's best.yaml (``presets``) applies to every run after its model preset; an arm's own key wins."""
+    best = tmp_path / "best.yaml"
+    best.write_text("settings: {train.lr: 0.0042, model.news.dim: 32}\n")
+    cfg = load_config(["experiment=popk", f"presets=[{best}]"])
+    for job in train_jobs(cfg):
+        arm = with_variant(cfg, job.model, job.settings)
+        assert (arm.train.lr, arm.model.news.dim) == (0.0042, 32), job.name
+    assert with_variant(cfg, "nrms", {"train.lr": 0.01}).train.lr == 0.01
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        with_variant(load_config([f"presets=[{tmp_path / 'missing.yaml'}]"]), "nrms", {})
+    (tmp_path / "bad.yaml").write_text("train.lr: 0.1\n")  # not under `settings`
+    with pytest.raises(ConfigError, match="'settings' mapping"):
+        with_variant(load_config([f"presets=[{tmp_path / 'bad.yaml'}]"]), "nrms", {})
+    search = load_config(["experiment=search"])  # its train stage reads its own search's best draw
+    assert list(search.presets) == [f"{search.search.output_dir}/best.yaml"]
+    assert search.stages.index("search") < search.stages.index("train")
+
+
 def test_command_line_model_settings_reach_every_arm_and_an_arms_own_key_wins() -> None:
     """`newsrec run experiment=popk model.news.dim=32` trains every arm at 32: each arm loads its model preset,
     which once silently put the preset's 256 back. A key the arm itself sets defines the arm and stays."""
