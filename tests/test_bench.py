@@ -81,15 +81,14 @@ def test_bench_reads_each_stages_own_throughput(stage: str, scales: list[int], t
     assert not stale.exists()
 
 
-@pytest.mark.slow
-def test_bench_pipeline_counts_the_runs_its_parallel_trials_trained(tmp_path: Path, ray_dir: str) -> None:
+def test_bench_pipeline_counts_the_runs_an_experiment_trained(tmp_path: Path) -> None:
+    """One scale, in-process (trials in parallel are tests/test_trials.py's): the runs/hour reader."""
     from newsrec_dist.cluster.bench import bench
 
     settings = ["data.synth.scale=micro", "stages=[synth,prepare,train]", "train.models=[nrms]", "seeds=[1,2]",
-                "train.epochs=1", "train.max_history=10", "train.progress=false", f"train.trials.ray.temp_dir={ray_dir}"]
-    (row,) = bench("pipeline", [2], settings, tmp_path / "report" / "pipeline", tmp_path / "runs",
+                "train.epochs=1", "train.max_history=10", "train.progress=false"]
+    (row,) = bench("pipeline", [1], settings, tmp_path / "report" / "pipeline", tmp_path / "runs",
                    progress=lambda _: None)
-    train = tmp_path / "runs" / "workers-2" / "train"
+    train = tmp_path / "runs" / "workers-1" / "train"
     assert sorted(path.parent.name for path in train.glob("*/summary.json")) == ["nrms.seed1", "nrms.seed2"]
-    assert (train / ".tune" / "trials").is_dir()  # they ran as trials
     assert row["unit"] == "runs/h" and row["throughput"] == pytest.approx(2 * 3600 / row["wall_s"], rel=0.02)
