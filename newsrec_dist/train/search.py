@@ -62,20 +62,12 @@ def _search_trial(config: dict[str, Any], base: dict[str, Any], keys: list[str],
     train_model(cfg, observers=[EpochReport()])
 
 
-def _manifest(cfg: DictConfig, metric: str) -> Manifest:
-    from newsrec_dist.train.stage import plan
-
+def _manifest(cfg: DictConfig, base: Any, metric: str) -> Manifest:
+    """What the search depends on: the data, the space and ASHA's settings, the searched model's base run config."""
     search = to_container(cfg.search)
-    base = plan(with_variant(cfg, cfg.search.model, {})).config
     return Manifest(stage="search", inputs={"prepared": artifact_fingerprint(Path(cfg.data.prepared_dir))},
-                    config={"search": {k: v for k, v in search.items() if k != "output_dir"}, "base": base,
+                    config={"search": {k: v for k, v in search.items() if k != "output_dir"}, "base": base.config,
                             "metric": metric})
-
-
-def _metric(cfg: DictConfig) -> str:
-    from newsrec_dist.train.stage import plan, task_for
-
-    return f"val_{task_for(plan(with_variant(cfg, cfg.search.model, {}))).monitor}"
 
 
 def _trials(results: Any, keys: list[str], metric: str, runs: Path, model: str) -> list[dict[str, Any]]:
@@ -102,8 +94,11 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
 
     cfg = OmegaConf.merge(cfg, {"presets": []})  # a presets file may be this search's own best.yaml
     search: SearchConfig = as_object(cfg.search)
-    output, metric = Path(search.output_dir), _metric(cfg)
-    manifest = _manifest(cfg, metric)
+    from newsrec_dist.train.stage import plan, task_for
+
+    base = plan(with_variant(cfg, search.model, {}))  # planned once: its input hashes read every vector file
+    output, metric = Path(search.output_dir), f"val_{task_for(base).monitor}"
+    manifest = _manifest(cfg, base, metric)
     existing = read_manifest(output)
     if existing is not None and existing.get("fingerprint") == manifest.fingerprint():
         return dict(existing["extra"])
