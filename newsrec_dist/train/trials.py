@@ -77,10 +77,12 @@ def fit_trials(trainable: Any, param_space: dict[str, Any], settings: TrialsConf
     # (checked with Ray 2.60: four trials ran at once under a cap of one)
     generator = BasicVariantGenerator(random_state=seed, max_concurrent=settings.parallel)
     resources = {"cpu": settings.cpus} | ({"gpu": settings.gpus} if settings.gpus else {})
+    # reuse_actors: a trial's worker process serves the next trial (Tune did not by default here), so only the
+    # first trial per slot pays the imports and start-up (~8 s on 2 cores; a micro run's second round 15 s -> 6 s)
     with ray_session(settings.ray):
         tuner = tune.Tuner(
             tune.with_resources(trainable, resources), param_space=param_space,
-            tune_config=tune.TuneConfig(search_alg=generator, **tune_config),
+            tune_config=tune.TuneConfig(search_alg=generator, reuse_actors=True, **tune_config),
             run_config=tune.RunConfig(name=name, storage_path=str(storage.resolve()), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                                       callbacks=[_progress(total)]))
