@@ -17,11 +17,12 @@ from newsrec_dist.eval.impressions import ClickCounter, ImpressionSet, load_cata
 from newsrec_dist.models.inputs import NewsInputs, UserInputs
 from newsrec_dist.models.recommender import Recommender
 from newsrec_dist.models.scorers import CrossNetwork, PNNScorer
-from newsrec_dist.config import ScorerConfig
+from newsrec_dist.models.user import DINUser
+from newsrec_dist.config import ScorerConfig, UserEncoderConfig
 from newsrec_dist.train.features import news_features, user_features, vector_source
 from newsrec_dist.train.module import parameter_groups
 from newsrec_dist.train.samples import (
-    Clicks, PopularNews, SplitArrays, TrainBatches, draw_candidates, history_rows,
+    Clicks, PopularNews, SplitArrays, TrainBatches, draw_candidates, history_rows, trim_padding,
 )
 from newsrec_dist.train.scoring import score_split
 
@@ -41,6 +42,13 @@ def test_history_rows_keep_the_most_recent_clicks_valid_first() -> None:
     rows = history_rows(toy_impressions(), np.array([0, 1, 2]), max_history=3)
     # impression 0's last three clicks are codes -1 (unknown → padding row 0), 6, 5 → rows 0, 7, 6
     assert rows.tolist() == [[0, 7, 6], [2, 3, 0], [0, 0, 0]]
+
+
+def test_batches_cut_the_history_padding_after_their_longest_history() -> None:
+    rows = history_rows(toy_impressions(), np.array([1, 2]), max_history=4)
+    assert rows.tolist() == [[2, 3, 0, 0], [0, 0, 0, 0]]
+    assert trim_padding(rows).tolist() == [[2, 3], [0, 0]]
+    assert trim_padding(np.zeros((2, 4), np.int64)).shape == (2, 1)  # a batch of empty histories keeps one slot
 
 
 def test_uniform_negatives_come_from_the_impression_and_the_click_comes_first() -> None:
@@ -211,8 +219,20 @@ def test_cross_network_and_pnn_match_their_formulas() -> None:
     torch.testing.assert_close(pnn(user, candidate)[0, 0], expected[0])
 
 
-@pytest.mark.parametrize("name", ["nrms", "din"])
+def test_din_split_first_layer_equals_its_formula_over_the_concatenated_pair() -> None:
+    torch.manual_seed(0)
+    din = DINUser(4, UserEncoderConfig(din_hidden=[5, 3]))
+    history, candidates, mask = torch.randn(2, 3, 4), torch.randn(2, 2, 4), torch.tensor([[1, 1, 0], [1, 0, 0]]) > 0
+    h = history.unsqueeze(1).expand(-1, 2, -1, -1)
+    c = candidates.unsqueeze(2).expand_as(h)
+    weights = din.activation(torch.cat([h, c, h - c, h * c], dim=-1)).squeeze(-1) * mask.unsqueeze(1)
+    torch.testing.assert_close(din(history, mask, candidates, None), (weights.unsqueeze(-1) * h).sum(2))
+
+
+@pytest.mark.parametrize("name", ["nrms", "lstur", "din", "bst"])
 def test_fast_scoring_equals_the_training_forward(name: str, tiny: tuple[Path, Path]) -> None:
+    """Scoring in batches of similar impressions with histories cut to the batch's longest gives, for every
+    impression, what the model gives it alone at full history width."""
     prepared, _ = tiny
     catalog = load_catalog(prepared)
     impressions = load_impressions(prepared, "dev", catalog)
@@ -223,7 +243,7 @@ def test_fast_scoring_equals_the_training_forward(name: str, tiny: tuple[Path, P
     split = SplitArrays(impressions, np.ones(impressions.size, np.int64))
     scores = score_split(model, split, news.rows, 10, batch_impressions=7, device=torch.device("cpu"))
     assert scores.shape == impressions.candidates.shape
-    for g in (0, 5, impressions.size - 1):
+    for g in range(impressions.size):
         start, stop = impressions.offsets[g], impressions.offsets[g + 1]
         history = torch.from_numpy(history_rows(impressions, np.array([g]), 10))
         candidates = torch.from_numpy(impressions.candidates[start:stop] + 1)[None]

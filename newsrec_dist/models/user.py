@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from newsrec_dist.config import UserEncoderConfig
@@ -91,11 +92,17 @@ class DINUser(UserEncoder):
         self.activation = mlp(4 * dim, cfg.din_hidden, 1)
 
     def forward(self, history, mask, candidates, users):  # noqa: ANN001, ANN201
-        h = history.unsqueeze(1).expand(-1, candidates.shape[1], -1, -1)  # [B, C, H, D]
-        c = candidates.unsqueeze(2).expand_as(h)
-        weights = self.activation(torch.cat([h, c, h - c, h * c], dim=-1)).squeeze(-1)
+        # DIN's first layer over [h, c, h - c, h * c], split by parts: W·[h; c; h-c; h*c] + b =
+        # (W_h + W_d)·h + (W_c - W_d)·c + b + W_p·(h * c), so only h * c is computed per (candidate, click) pair
+        # and no [B, C, H, 4D] input is built (the same function, ~3x fewer operations per pair)
+        first = self.activation[0]
+        w_h, w_c, w_d, w_p = first.weight.split(history.shape[-1], dim=1)
+        per_click = F.linear(history, w_h + w_d).unsqueeze(1)  # [B, 1, H, hidden]
+        per_candidate = F.linear(candidates, w_c - w_d, first.bias).unsqueeze(2)  # [B, C, 1, hidden]
+        per_pair = F.linear(history.unsqueeze(1) * candidates.unsqueeze(2), w_p)  # [B, C, H, hidden]
+        weights = self.activation[1:](per_pair + per_click + per_candidate).squeeze(-1)
         weights = weights * mask.unsqueeze(1).to(weights.dtype)
-        return (weights.unsqueeze(-1) * h).sum(2)
+        return weights @ history  # [B, C, H] x [B, H, D]: the weighted sum of clicked news per candidate
 
 
 class BSTUser(UserEncoder):

@@ -152,8 +152,16 @@ class SplitArrays:
     users: np.ndarray  # user row per impression
 
 
+def trim_padding(rows: np.ndarray) -> np.ndarray:
+    """Rows cut after the last column any of them uses (at least one column kept): the columns dropped are padding
+    that every user encoder masks, so scores are unchanged and the user side costs the batch's longest history,
+    not ``max_history`` (what BST and DIN pay per candidate)."""
+    used = np.flatnonzero((rows > 0).any(axis=0))
+    return rows[:, : used[-1] + 1 if len(used) else 1]
+
+
 def to_batch(split: SplitArrays, owner: np.ndarray, candidates: np.ndarray, max_history: int) -> dict[str, torch.Tensor]:
-    return {"history": torch.from_numpy(history_rows(split.impressions, owner, max_history)),
+    return {"history": torch.from_numpy(trim_padding(history_rows(split.impressions, owner, max_history))),
             "candidates": torch.from_numpy(candidates + 1),
             "users": torch.from_numpy(split.users[owner])}
 
@@ -219,15 +227,17 @@ class TrainBatches(EpochBatches):
         return to_batch(self.split, self.clicks.owner[samples], drawn[samples], self.max_history)
 
 
-def impression_batches(split: SplitArrays, max_history: int, batch_impressions: int
-                       ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-    """(batch, candidate mask) over every impression, candidates padded to the batch's longest impression."""
+def impression_batches(split: SplitArrays, max_history: int, batch_impressions: int, order: np.ndarray | None = None
+                       ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, np.ndarray]]:
+    """(batch, candidate mask, the valid candidates' positions in ``split.impressions.candidates``) over every
+    impression in ``order`` (default: as stored), candidates padded to the batch's longest impression."""
     impressions = split.impressions
     lengths = np.diff(impressions.offsets)
+    order = np.arange(impressions.size) if order is None else order
     for start in range(0, impressions.size, batch_impressions):
-        index = np.arange(start, min(start + batch_impressions, impressions.size))
+        index = order[start:start + batch_impressions]
         slots = np.arange(int(lengths[index].max(initial=1)))
         valid = slots < lengths[index, None]
         positions = np.where(valid, impressions.offsets[index, None] + slots, 0)
         candidates = np.where(valid, impressions.candidates[positions], -1)
-        yield to_batch(split, index, candidates, max_history), torch.from_numpy(valid)
+        yield to_batch(split, index, candidates, max_history), torch.from_numpy(valid), positions[valid]

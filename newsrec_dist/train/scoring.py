@@ -18,6 +18,14 @@ def news_vectors(model: Recommender, rows: int, device: torch.device) -> torch.T
     return torch.cat([model.encode_news(index[start:start + NEWS_CHUNK]) for start in range(0, rows, NEWS_CHUNK)])
 
 
+def similar_sizes_first(split: SplitArrays, max_history: int) -> np.ndarray:
+    """Impressions ordered by candidate count, then history length: a batch pads to its largest impression and its
+    longest history, which a candidate-aware user encoder (DIN, BST) pays for every candidate slot."""
+    impressions = split.impressions
+    histories = np.minimum(np.diff(impressions.history_offsets), max_history)
+    return np.lexsort((histories, np.diff(impressions.offsets)))
+
+
 @torch.no_grad()
 def score_split(model: Recommender, split: SplitArrays, news_rows: int, max_history: int, batch_impressions: int,
                 device: torch.device) -> np.ndarray:
@@ -25,10 +33,11 @@ def score_split(model: Recommender, split: SplitArrays, news_rows: int, max_hist
     was_training = model.training
     model.eval()
     vectors = news_vectors(model, news_rows, device)
-    parts = []
-    for batch, valid in impression_batches(split, max_history, batch_impressions):
+    scores = np.zeros(len(split.impressions.candidates), np.float32)
+    order = similar_sizes_first(split, max_history)
+    for batch, valid, positions in impression_batches(split, max_history, batch_impressions, order):
         history, candidates = batch["history"].to(device), batch["candidates"].to(device)
         logits = model.score_vectors(vectors[history], history > 0, vectors[candidates], batch["users"].to(device))
-        parts.append(logits[valid.to(device)].float().cpu().numpy())
+        scores[positions] = logits[valid.to(device)].float().cpu().numpy()
     model.train(was_training)
-    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return scores
