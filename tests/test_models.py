@@ -231,8 +231,8 @@ def test_din_split_first_layer_equals_its_formula_over_the_concatenated_pair() -
 
 @pytest.mark.parametrize("name", ["nrms", "lstur", "din", "bst"])
 def test_fast_scoring_equals_the_training_forward(name: str, tiny: tuple[Path, Path]) -> None:
-    """Scoring in batches of similar impressions with histories cut to the batch's longest gives, for every
-    impression, what the model gives it alone at full history width."""
+    """Scoring in batches of similar impressions with histories cut to the batch's longest gives every impression
+    what the training forward gives it: all impressions in one batch, stored order, full history width."""
     prepared, _ = tiny
     catalog = load_catalog(prepared)
     impressions = load_impressions(prepared, "dev", catalog)
@@ -243,12 +243,15 @@ def test_fast_scoring_equals_the_training_forward(name: str, tiny: tuple[Path, P
     split = SplitArrays(impressions, np.ones(impressions.size, np.int64))
     scores = score_split(model, split, news.rows, 10, batch_impressions=7, device=torch.device("cpu"))
     assert scores.shape == impressions.candidates.shape
-    for g in range(impressions.size):
-        start, stop = impressions.offsets[g], impressions.offsets[g + 1]
-        history = torch.from_numpy(history_rows(impressions, np.array([g]), 10))
-        candidates = torch.from_numpy(impressions.candidates[start:stop] + 1)[None]
-        direct = model(history, candidates, torch.tensor([1]))[0].detach().numpy()
-        np.testing.assert_allclose(scores[start:stop], direct, rtol=1e-4, atol=1e-5)
+    everything = np.arange(impressions.size)
+    lengths = np.diff(impressions.offsets)
+    slots = np.arange(lengths.max())
+    valid = slots < lengths[:, None]
+    candidates = np.where(valid, impressions.candidates[np.where(valid, impressions.offsets[:-1, None] + slots, 0)], -1)
+    history = torch.from_numpy(history_rows(impressions, everything, 10))
+    with torch.no_grad():
+        direct = model(history, torch.from_numpy(candidates + 1), torch.ones(impressions.size, dtype=torch.long))
+    np.testing.assert_allclose(scores, direct.numpy()[valid], rtol=1e-4, atol=1e-5)
 
 
 def test_keyword_vectors_average_each_news_items_keywords(tiny: tuple[Path, Path], tmp_path: Path) -> None:
