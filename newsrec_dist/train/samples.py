@@ -241,3 +241,16 @@ def impression_batches(split: SplitArrays, max_history: int, batch_impressions: 
         positions = np.where(valid, impressions.offsets[index, None] + slots, 0)
         candidates = np.where(valid, impressions.candidates[positions], -1)
         yield to_batch(split, index, candidates, max_history), torch.from_numpy(valid), positions[valid]
+
+
+def pair_batches(split: SplitArrays, max_history: int, batch_pairs: int
+                 ) -> Iterator[tuple[dict[str, torch.Tensor], np.ndarray]]:
+    """(batch of one candidate per row, those candidates' positions in ``split.impressions.candidates``) over every
+    (impression, candidate) pair, ordered by the impression's history length so a batch pads almost nothing."""
+    impressions = split.impressions
+    owner = impressions.candidate_owner()
+    histories = np.minimum(np.diff(impressions.history_offsets), max_history)
+    order = np.argsort(histories[owner], kind="stable")
+    for start in range(0, len(order), batch_pairs):
+        positions = order[start:start + batch_pairs]
+        yield to_batch(split, owner[positions], impressions.candidates[positions, None], max_history), positions

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from newsrec_dist.models.recommender import Recommender
-from newsrec_dist.train.samples import SplitArrays, impression_batches
+from newsrec_dist.train.samples import SplitArrays, impression_batches, pair_batches
 
 NEWS_CHUNK = 4096
 
@@ -20,7 +20,7 @@ def news_vectors(model: Recommender, rows: int, device: torch.device) -> torch.T
 
 def similar_sizes_first(split: SplitArrays, max_history: int) -> np.ndarray:
     """Impressions ordered by candidate count, then history length: a batch pads to its largest impression and its
-    longest history, which a candidate-aware user encoder (DIN, BST) pays for every candidate slot."""
+    longest history."""
     impressions = split.impressions
     histories = np.minimum(np.diff(impressions.history_offsets), max_history)
     return np.lexsort((histories, np.diff(impressions.offsets)))
@@ -29,15 +29,28 @@ def similar_sizes_first(split: SplitArrays, max_history: int) -> np.ndarray:
 @torch.no_grad()
 def score_split(model: Recommender, split: SplitArrays, news_rows: int, max_history: int, batch_impressions: int,
                 device: torch.device) -> np.ndarray:
-    """Scores aligned with ``split.impressions.candidates`` (higher = more likely clicked)."""
+    """Scores aligned with ``split.impressions.candidates`` (higher = more likely clicked).
+
+    A target-aware model (DIN, BST) builds one user per candidate anyway, so it scores (impression, candidate)
+    pairs, as many per batch as ``batch_impressions`` average impressions hold, batched by history length: no
+    padded candidate or click slot. Others score whole impressions (the user once), similar sizes together."""
     was_training = model.training
     model.eval()
     vectors = news_vectors(model, news_rows, device)
-    scores = np.zeros(len(split.impressions.candidates), np.float32)
-    order = similar_sizes_first(split, max_history)
-    for batch, valid, positions in impression_batches(split, max_history, batch_impressions, order):
+
+    def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         history, candidates = batch["history"].to(device), batch["candidates"].to(device)
-        logits = model.score_vectors(vectors[history], history > 0, vectors[candidates], batch["users"].to(device))
-        scores[positions] = logits[valid.to(device)].float().cpu().numpy()
+        return model.score_vectors(vectors[history], history > 0, vectors[candidates], batch["users"].to(device))
+
+    impressions = split.impressions
+    scores = np.zeros(len(impressions.candidates), np.float32)
+    if model.user_encoder.target_aware:
+        batch_pairs = batch_impressions * max(1, round(len(impressions.candidates) / max(1, impressions.size)))
+        for batch, positions in pair_batches(split, max_history, batch_pairs):
+            scores[positions] = logits(batch)[:, 0].float().cpu().numpy()
+    else:
+        order = similar_sizes_first(split, max_history)
+        for batch, valid, positions in impression_batches(split, max_history, batch_impressions, order):
+            scores[positions] = logits(batch)[valid.to(device)].float().cpu().numpy()
     model.train(was_training)
     return scores
