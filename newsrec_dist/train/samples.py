@@ -227,13 +227,12 @@ class TrainBatches(EpochBatches):
         return to_batch(self.split, self.clicks.owner[samples], drawn[samples], self.max_history)
 
 
-def impression_batches(split: SplitArrays, max_history: int, batch_impressions: int, order: np.ndarray | None = None
+def impression_batches(split: SplitArrays, max_history: int, batch_impressions: int, order: np.ndarray
                        ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, np.ndarray]]:
     """(batch, candidate mask, the valid candidates' positions in ``split.impressions.candidates``) over every
-    impression in ``order`` (default: as stored), candidates padded to the batch's longest impression."""
+    impression in ``order``, candidates padded to the batch's longest impression."""
     impressions = split.impressions
     lengths = np.diff(impressions.offsets)
-    order = np.arange(impressions.size) if order is None else order
     for start in range(0, impressions.size, batch_impressions):
         index = order[start:start + batch_impressions]
         slots = np.arange(int(lengths[index].max(initial=1)))
@@ -249,8 +248,7 @@ def pair_batches(split: SplitArrays, max_history: int, batch_pairs: int
     (impression, candidate) pair, ordered by the impression's history length so a batch pads almost nothing."""
     impressions = split.impressions
     owner = impressions.candidate_owner()
-    histories = np.minimum(np.diff(impressions.history_offsets), max_history)
-    order = np.argsort(histories[owner], kind="stable")
+    order = np.argsort(np.minimum(impressions.history_lengths(), max_history)[owner], kind="stable")
     for start in range(0, len(order), batch_pairs):
         positions = order[start:start + batch_pairs]
         yield to_batch(split, owner[positions], impressions.candidates[positions, None], max_history), positions

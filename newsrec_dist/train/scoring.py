@@ -22,8 +22,7 @@ def similar_sizes_first(split: SplitArrays, max_history: int) -> np.ndarray:
     """Impressions ordered by candidate count, then history length: a batch pads to its largest impression and its
     longest history."""
     impressions = split.impressions
-    histories = np.minimum(np.diff(impressions.history_offsets), max_history)
-    return np.lexsort((histories, np.diff(impressions.offsets)))
+    return np.lexsort((np.minimum(impressions.history_lengths(), max_history), np.diff(impressions.offsets)))
 
 
 @torch.no_grad()
