@@ -2,12 +2,14 @@
 
 Usage (prepared data from `newsrec data synth/prepare`, e.g. the demo's):
     python benchmarks/train_speed.py --prepared runs/quickstart/prepared/synth-small --workdir /tmp/bench-train \
-        [--models nrms,naml,lstur,plm_nr,bst,din,dcn,pnn] [--steps 100] [--batch-size 64] [--threads 2]
+        [--models nrms,naml,lstur,plm_nr,bst,din,dcn,pnn] [--steps 100] [--batch-size 64] [--threads 2] \
+        [--set train.eval_batch_impressions=512 ...]
 
 Each model is one `newsrec train` process with `train.max_steps` steps (default model sizes); samples/s is the
 training loop's own counter (batches only: feature building and the dev evaluation are excluded), impressions/s
-is the final dev evaluation of the best checkpoint (every news encoded once, every impression scored in
-batches), peak RSS is the whole process tree's. Appends rows to <out>.csv and a section to <out>.md.
+is the dev evaluation of the best checkpoint (every news encoded once, every impression scored in batches) and
+eval_s its wall time, load_s the feature building (news features, the splits' arrays), peak RSS is the whole process
+tree's. Appends rows to <out>.csv and a section to <out>.md.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from newsrec_dist.measure import append_csv, append_section, measured
 
 COLUMNS = ("model", "steps", "batch", "train_samples_per_s", "eval_impressions", "eval_impressions_per_s",
-           "dev_auc", "parameters", "wall_s", "peak_rss_mib")
+           "dev_auc", "parameters", "wall_s", "peak_rss_mib", "load_s", "eval_s")
 
 
 def run_model(args: argparse.Namespace, model: str) -> dict:
@@ -30,7 +32,7 @@ def run_model(args: argparse.Namespace, model: str) -> dict:
     command = [sys.executable, "-m", "newsrec_dist.cli", "train", "--quiet", f"model={model}",
                f"data.prepared_dir={args.prepared}", f"paths.work_dir={work}", f"train.output_dir={work}",
                f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", f"train.threads={args.threads}",
-               f"train.checkpoint_every_n_steps={args.steps}"]
+               f"train.checkpoint_every_n_steps={args.steps}", *args.set]
     run = measured(command)
     wall, rss = run.wall_s, run.peak_rss_mib
     summary = json.loads((work / model / "summary.json").read_text())
@@ -39,7 +41,8 @@ def run_model(args: argparse.Namespace, model: str) -> dict:
             "eval_impressions": summary["eval_rows"],
             "eval_impressions_per_s": round(summary["eval_rows_per_second"]),
             "dev_auc": round(summary["metrics"]["all"]["auc"], 4), "parameters": summary["parameters"],
-            "wall_s": round(wall, 1), "peak_rss_mib": round(rss)}
+            "wall_s": round(wall, 1), "peak_rss_mib": round(rss), "load_s": round(summary["load_seconds"], 1),
+            "eval_s": round(summary["eval_seconds"], 1)}
 
 
 def main() -> None:
@@ -50,6 +53,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", nargs="*", default=[], help="more overrides for every run (key=value)")
+    parser.add_argument("--title", default="", help="what the section measures, before its settings")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("train_speed"))
     args = parser.parse_args()
     rows = []
@@ -57,9 +62,12 @@ def main() -> None:
         rows.append(run_model(args, model))
         print(json.dumps(rows[-1]), flush=True)
     append_csv(args.out.with_suffix(".csv"), rows)
-    append_section(args.out.with_suffix(".md"), f"{args.steps} steps of batch {args.batch_size}, {args.threads} threads",
-                   f"python benchmarks/train_speed.py --prepared {args.prepared} --workdir {args.workdir} "
-                   f"--models {args.models} --steps {args.steps} --batch-size {args.batch_size} --threads {args.threads}",
+    settings = f"{args.steps} steps of batch {args.batch_size}, {args.threads} threads"
+    command = " ".join(["python benchmarks/train_speed.py", f"--prepared {args.prepared}", f"--workdir {args.workdir}",
+                        f"--models {args.models}", f"--steps {args.steps}", f"--batch-size {args.batch_size}",
+                        f"--threads {args.threads}", *([f"--set {' '.join(args.set)}"] if args.set else []),
+                        *([f"--title '{args.title}'"] if args.title else [])])
+    append_section(args.out.with_suffix(".md"), f"{args.title}: {settings}" if args.title else settings, command,
                    ["| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) - 1),
                     *["| " + " | ".join(str(row[name]) for name in COLUMNS) + " |" for row in rows]])
 

@@ -70,13 +70,21 @@ def measured(command: list[str], env: dict[str, str] | None = None, cwd: Path | 
 
 
 def append_csv(path: Path, rows: list[dict]) -> None:
-    """Append result rows to a CSV file, writing the header when the file is new."""
-    new_file = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        if new_file:
+    """Append result rows to a CSV file, writing the header when the file is new. Rows with columns the file
+    lacks rewrite it with the new columns appended (empty in the older rows): a benchmark may grow a column."""
+    old_rows: list[dict] = []
+    fields = list(rows[0])
+    if path.exists():
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = list(reader.fieldnames or [])
+            old_rows = list(reader) if set(fields) - set(header) else []
+        fields = header + [name for name in fields if name not in header]
+    with open(path, "w" if old_rows or not path.exists() else "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, restval="")
+        if old_rows or handle.tell() == 0:
             writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(old_rows + rows)
 
 
 def machine_line() -> str:

@@ -13,6 +13,7 @@ from helpers import run
 from planted import NODE2VEC
 
 from newsrec_dist.cluster.bench import with_scaling
+from newsrec_dist.measure import append_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,3 +93,12 @@ def test_bench_pipeline_counts_the_runs_an_experiment_trained(tmp_path: Path) ->
     train = tmp_path / "runs" / "workers-1" / "train"
     assert sorted(path.parent.name for path in train.glob("*/summary.json")) == ["nrms.seed1", "nrms.seed2"]
     assert row["unit"] == "runs/h" and row["throughput"] == pytest.approx(2 * 3600 / row["wall_s"], rel=0.02)
+
+
+def test_a_benchmark_csv_grows_a_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "speed.csv"
+    append_csv(path, [{"model": "nrms", "samples": 1}])
+    append_csv(path, [{"model": "naml", "samples": 2}])
+    append_csv(path, [{"model": "din", "samples": 3, "load_s": 4.5}])
+    append_csv(path, [{"load_s": 6, "model": "bst", "samples": 7}])
+    assert path.read_text().splitlines() == ["model,samples,load_s", "nrms,1,", "naml,2,", "din,3,4.5", "bst,7,6"]

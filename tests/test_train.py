@@ -22,11 +22,13 @@ from planted import LEARNERS, LSTUR_RESUME, floor, lecop_overrides, make_planted
 
 from newsrec_dist.cli import app
 from newsrec_dist.config import SparkConfig, SynthConfig, as_object, load_config
+from newsrec_dist.eval.metrics import write_prediction_file
 from newsrec_dist.eval.significance import paired_t_test, read_per_impression, seed_average, verdict
 from newsrec_dist.generate.stage import run_generation
 from newsrec_dist.graphs.artifact import node_keys
 from newsrec_dist.io import ResumableDir
-from newsrec_dist.train.stage import CHECKPOINTS, fit, newest_checkpoint, plan, restore_checkpoints, train_model
+from newsrec_dist.train.stage import (CHECKPOINTS, ImpressionTask, build_model, fit, load_train_data,
+                                     newest_checkpoint, plan, restore_checkpoints, train_model)
 
 
 @pytest.mark.slow
@@ -182,6 +184,36 @@ def test_finished_run_is_reused_and_bad_settings_fail_clearly(tiny: tuple[Path, 
             train(prepared, tmp_path / "bad", "train.epochs=1", bad)
     result = run([sys.executable, "-m", "newsrec_dist.cli", "train", "train.epochs=many"])
     assert result.returncode == 2 and "train.epochs" in result.stdout
+
+
+def test_the_best_epochs_evaluation_is_exported_without_evaluating_it_again(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``finish`` reuses the training's own dev evaluation of the best epoch (one evaluation per epoch, none after),
+    and what it exports equals a fresh evaluation of the exported weights."""
+    prepared, _ = tiny
+    evaluations: list[int] = []
+    real_evaluate = ImpressionTask.evaluate
+
+    def counted(self: ImpressionTask, *args: object) -> tuple[dict, np.ndarray]:
+        evaluations.append(1)
+        return real_evaluate(self, *args)
+
+    monkeypatch.setattr(ImpressionTask, "evaluate", counted)
+    cfg = load_config(overrides(prepared, tmp_path / "t", "train.epochs=3", "train.lr=0.003", "model.news.dim=32",
+                                "model.news.views=[{kind: category, column: subcategory}]", "train.max_history=10"))
+    summary = train_model(cfg)
+    assert len(evaluations) == 3 == len(summary["epochs"])
+    run = plan(cfg)
+    data = load_train_data(run)
+    model = build_model(run, data)
+    model.load_state_dict(load_file(tmp_path / "t" / "nrms" / "model.safetensors"))
+    results, scores = real_evaluate(ImpressionTask(), model, run, data, torch.device("cpu"))
+    assert results == summary["metrics"]
+    assert summary["metrics"]["all"]["auc"] == max(epoch["val_auc"] for epoch in summary["epochs"])
+    exported = (tmp_path / "t" / "nrms" / "prediction.txt").read_text()
+    write_prediction_file(tmp_path / "fresh.txt", data.dev.impressions.impression_id, scores,
+                          data.dev.impressions.offsets)
+    assert exported == (tmp_path / "fresh.txt").read_text()
 
 
 def test_seeds_early_stopping_and_paired_tests_through_the_cli(tiny: tuple[Path, Path], tmp_path: Path) -> None:

@@ -189,12 +189,25 @@ def task_for(run: TrainRun) -> Any:
     raise ValueError(f"model.kind must be impressions or graph_cf, got {run.model.kind!r}")
 
 
+@dataclass(frozen=True)
+class Evaluated:
+    """One dev evaluation of the weights at ``step``: what ``finish`` reuses when the best checkpoint is those."""
+
+    step: int
+    results: dict[str, Any]
+    scores: Any
+    seconds: float
+
+
 class TrainingRecord(pl.Callback):
-    """Dev metrics after every epoch (logged as ``val_*`` for the best checkpoint) and training throughput."""
+    """Dev metrics after every epoch (logged as ``val_*`` for the best checkpoint) and training throughput.
+    ``best`` keeps the evaluation of the best epoch seen in this process, as ``ModelCheckpoint`` picks it (strictly
+    better), so that ``finish`` does not evaluate the same weights a second time (at MIND-large scale, 20 minutes)."""
 
     def __init__(self, task: Any, run: TrainRun, data: Any, work: Path) -> None:
         self.task, self.run, self.data, self.path = task, run, data, work / EPOCHS_FILE
         self.epochs: list[dict[str, Any]] = []
+        self.best: Evaluated | None = None
         self._samples, self._seconds, self._started = 0, 0.0, 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
@@ -206,14 +219,18 @@ class TrainingRecord(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         started = time.perf_counter()
-        results, _ = self.task.evaluate(pl_module.model, self.run, self.data, pl_module.device)
+        results, scores = self.task.evaluate(pl_module.model, self.run, self.data, pl_module.device)
+        seconds = time.perf_counter() - started
+        monitored = float(results["all"][self.task.monitor])
+        if self.best is None or monitored > float(self.best.results["all"][self.task.monitor]):
+            self.best = Evaluated(trainer.global_step, results, scores, seconds)
         values = {f"val_{key}": float(results["all"][key]) for key in self.task.logged}
         pl_module.log_dict(values, sync_dist=False)
         loss = trainer.callback_metrics.get("train_loss")
         self.epochs.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
                             "train_loss": float(loss) if loss is not None else None,
                             "samples_per_second": self._samples * trainer.world_size / max(self._seconds, 1e-9),
-                            "eval_seconds": time.perf_counter() - started, **values})
+                            "eval_seconds": seconds, **values})
         self._samples, self._seconds = 0, 0.0
         if trainer.is_global_zero:
             atomic_write_text(self.path, json.dumps(self.epochs, indent=2))
@@ -326,9 +343,11 @@ def _resumes(work: Path) -> list[str]:
     return path.read_text().split() if path.is_file() else []
 
 
-def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_progress, data: Any = None
-           ) -> dict[str, Any]:
-    """Reload the best checkpoint, evaluate it on the dev split, export weights and publish the run."""
+def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_progress, data: Any = None,
+           evaluated: Evaluated | None = None, load_seconds: float = 0.0) -> dict[str, Any]:
+    """Reload the best checkpoint, evaluate it on the dev split, export weights and publish the run.
+    ``evaluated``: the training's own evaluation of the best epoch, used when it is the chosen checkpoint's step;
+    ``load_seconds``: how long loading ``data`` (features and batches' arrays) took the caller."""
     task = task_for(run)
     checkpoints = work.path / CHECKPOINTS
     best = checkpoints / f"{BEST}.ckpt"
@@ -336,13 +355,19 @@ def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_pro
     if chosen is None:
         raise RuntimeError(f"{checkpoints}: training wrote no checkpoint")
     checkpoint = load_weights(chosen)
-    data = data or task.load(run, progress)
+    if data is None:
+        started = time.perf_counter()
+        data = task.load(run, progress)
+        load_seconds = time.perf_counter() - started
     model = task.build(run, data)
     model.load_state_dict({key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()})
     device = torch.device("cuda" if run.train.accelerator == "gpu" and torch.cuda.is_available() else "cpu")
-    started = time.perf_counter()
-    results, scores = task.evaluate(model.to(device), run, data, device)
-    eval_seconds = time.perf_counter() - started
+    if evaluated is not None and evaluated.step == int(checkpoint["global_step"]):
+        results, scores, eval_seconds = evaluated.results, evaluated.scores, evaluated.seconds
+    else:
+        started = time.perf_counter()
+        results, scores = task.evaluate(model.to(device), run, data, device)
+        eval_seconds = time.perf_counter() - started
     exported = task.export(work.path, model, run, data, scores)
     save_model(model.cpu(), str(work.path / "model.safetensors"))
     last = load_weights(newest_checkpoint(checkpoints))
@@ -352,6 +377,7 @@ def finish(run: TrainRun, work: ResumableDir, progress: ProgressFactory = no_pro
                "max_epochs": run.train.epochs, "stopped_early": _stopped_early(last),
                "resumed_from": _resumes(work.path), "epochs": json.loads((work.path / EPOCHS_FILE).read_text()),
                "parameters": sum(p.numel() for p in model.parameters()), **exported, "eval_unit": task.unit,
+               "load_seconds": load_seconds, "eval_seconds": eval_seconds,
                "eval_rows_per_second": exported["eval_rows"] / max(eval_seconds, 1e-9), "metrics": results}
     atomic_write_text(work.path / "metrics.json", json.dumps(results, indent=2))
     atomic_write_text(work.path / "summary.json", json.dumps(summary, indent=2, default=float))
@@ -388,7 +414,11 @@ def train_model(cfg: DictConfig, progress: ProgressFactory = no_progress, run: T
         fit_on_ray(run, work.path)
         return finish(run, work, progress)
     # one load serves fit and finish (PLM-NR's frozen layers run over every news item once, not twice)
+    started = time.perf_counter()
     data = task_for(run).load(run, progress)
-    if fit(run, work.path, data=data, observers=observers).global_rank != 0:
+    load_seconds = time.perf_counter() - started
+    trainer = fit(run, work.path, data=data, observers=observers)
+    if trainer.global_rank != 0:
         return {}
-    return finish(run, work, progress, data)
+    record = next(callback for callback in trainer.callbacks if isinstance(callback, TrainingRecord))
+    return finish(run, work, progress, data, record.best, load_seconds)
