@@ -43,7 +43,7 @@ class ImpressionSet:
     user_id: pa.Array
     time: np.ndarray  # seconds since the epoch
     offsets: np.ndarray  # candidates of impression g: offsets[g]:offsets[g+1]
-    candidates: np.ndarray  # news codes (UNKNOWN for ids missing from news.tsv)
+    candidates: np.ndarray  # news codes (UNKNOWN for ids missing from news.tsv); int64, or int32 where asked
     labels: np.ndarray | None  # 0/1 per candidate; None on an unlabeled split
     history_offsets: np.ndarray
     history: np.ndarray  # news codes of each impression's user history
@@ -94,14 +94,17 @@ def _codes_and_lengths(catalog: NewsCatalog, lists: pa.Array) -> tuple[np.ndarra
     return catalog.codes(lists.flatten()), lengths
 
 
-def load_impressions(prepared_dir: Path, split: str, catalog: NewsCatalog) -> ImpressionSet:
-    """A split as an :class:`ImpressionSet`, built batch by batch (bounded temporaries)."""
+def load_impressions(prepared_dir: Path, split: str, catalog: NewsCatalog, codes: type = np.int64) -> ImpressionSet:
+    """A split as an :class:`ImpressionSet`, built batch by batch (bounded temporaries). ``codes``: the dtype of
+    its news codes; ``np.int32`` halves a large split (MIND-large's training split: 405M candidates and 230M history
+    clicks, 5 GB as int64) for callers that compute no keys from codes in that dtype."""
     parts: dict[str, list] = {name: [] for name in (
         "impression_id", "user_id", "time", "candidates", "lengths", "labels", "history", "history_lengths")}
     labeled = True
     for batch in _batches(prepared_dir, split, list(BEHAVIORS_SCHEMA.names)):
         candidates, lengths = _codes_and_lengths(catalog, batch.column("impressions"))
         history, history_lengths = _codes_and_lengths(catalog, batch.column("history"))
+        candidates, history = candidates.astype(codes, copy=False), history.astype(codes, copy=False)
         labels = batch.column("labels")
         labeled = labeled and labels.null_count == 0
         for name, value in (("impression_id", batch.column("impression_id").to_numpy()),
@@ -116,10 +119,10 @@ def load_impressions(prepared_dir: Path, split: str, catalog: NewsCatalog) -> Im
         user_id=pa.concat_arrays(parts["user_id"]) if parts["user_id"] else pa.array([], pa.string()),
         time=np.concatenate(parts["time"] or [np.zeros(0, np.int64)]),
         offsets=offsets_from_lengths(np.concatenate(parts["lengths"] or [np.zeros(0, np.int64)])),
-        candidates=np.concatenate(parts["candidates"] or [np.zeros(0, np.int64)]),
+        candidates=np.concatenate(parts["candidates"] or [np.zeros(0, codes)]),
         labels=np.concatenate(parts["labels"]).astype(np.int8) if labeled and parts["labels"] else None,
         history_offsets=offsets_from_lengths(np.concatenate(parts["history_lengths"] or [np.zeros(0, np.int64)])),
-        history=np.concatenate(parts["history"] or [np.zeros(0, np.int64)]),
+        history=np.concatenate(parts["history"] or [np.zeros(0, codes)]),
     )
 
 

@@ -161,8 +161,9 @@ def trim_padding(rows: np.ndarray) -> np.ndarray:
 
 
 def to_batch(split: SplitArrays, owner: np.ndarray, candidates: np.ndarray, max_history: int) -> dict[str, torch.Tensor]:
-    return {"history": torch.from_numpy(trim_padding(history_rows(split.impressions, owner, max_history))),
-            "candidates": torch.from_numpy(candidates + 1),
+    history = trim_padding(history_rows(split.impressions, owner, max_history))
+    return {"history": torch.from_numpy(history.astype(np.int64, copy=False)),
+            "candidates": torch.from_numpy(candidates.astype(np.int64, copy=False) + 1),
             "users": torch.from_numpy(split.users[owner])}
 
 

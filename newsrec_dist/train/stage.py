@@ -116,7 +116,8 @@ def load_train_data(run: TrainRun, progress: ProgressFactory = no_progress) -> T
     cfg = run.cfg
     labeled = [split for split in cfg.data.splits if split != "test"]
     dev_eval = load_eval_data(run.prepared, run.train.eval_split, labeled)
-    train_impressions = load_impressions(run.prepared, "train", dev_eval.catalog)
+    # int32 news codes: the training split is the largest array held (its keys are built in int64: samples.py)
+    train_impressions = load_impressions(run.prepared, "train", dev_eval.catalog, codes=np.int32)
     train_users = set(train_impressions.user_id.unique().to_pylist())
     user_ids = sorted(train_users | set(dev_eval.impressions.user_id.unique().to_pylist()))
     users, user_coverage = user_features(user_ids, np.asarray([user in train_users for user in user_ids]),
