@@ -155,6 +155,25 @@ def test_batches_are_deterministic_sharded_and_resume_mid_epoch(tiny: tuple[Path
     assert len(pairs) > 0.95 * 2 * len(ranks[0]) * 2
 
 
+@pytest.mark.parametrize("sampler", [SamplerConfig(), SamplerConfig(kind="popk", popk_count=2, popk_pool=20)])
+def test_int32_news_codes_make_the_same_int64_batches(sampler: SamplerConfig, tiny: tuple[Path, Path]) -> None:
+    """The training split is held with int32 codes (MIND-large's memory): its batches, uniform and POPK (whose
+    exclusion keys combine impressions and codes), equal those of int64 codes, as int64 tensors."""
+    prepared, _ = tiny
+    catalog = load_catalog(prepared)
+    wide, narrow = (load_impressions(prepared, "train", catalog, codes=dtype) for dtype in (np.int64, np.int32))
+    assert narrow.candidates.dtype == narrow.history.dtype == np.int32
+    assert np.array_equal(wide.candidates, narrow.candidates) and np.array_equal(wide.history, narrow.history)
+    batches = []
+    for impressions in (wide, narrow):
+        items, times = impressions.clicks()
+        popular = PopularNews(ClickCounter(items, times), catalog.size, impressions.time, sampler)
+        split = SplitArrays(impressions, np.zeros(impressions.size, np.int64))
+        batches.append(list(TrainBatches(split, 4, sampler, popular, 8, 5, seed=5)))
+    for a, b in zip(*batches, strict=True):
+        assert all(b[key].dtype == torch.int64 and torch.equal(a[key], b[key]) for key in a)
+
+
 def small_model_cfg(name: str) -> ModelConfig:
     cfg = as_object(load_config([f"model={name}", "model.news.dim=16", "model.news.heads=2", "model.user.heads=2",
                                  "model.news.attention_dim=8", "model.news.glove_init=false",
