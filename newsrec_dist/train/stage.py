@@ -203,7 +203,7 @@ class Evaluated:
 class TrainingRecord(pl.Callback):
     """Dev metrics after every epoch (logged as ``val_*`` for the best checkpoint) and training throughput.
     ``best`` keeps the evaluation of the best epoch seen in this process, as ``ModelCheckpoint`` picks it (strictly
-    better), so that ``finish`` does not evaluate the same weights a second time (at MIND-large scale, 20 minutes)."""
+    better), so that ``finish`` does not evaluate the same weights again (MIND-large: 8 min for NRMS, 17 for DIN)."""
 
     def __init__(self, task: Any, run: TrainRun, data: Any, work: Path) -> None:
         self.task, self.run, self.data, self.path = task, run, data, work / EPOCHS_FILE
