@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -63,10 +64,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     append_csv(args.out.with_suffix(".csv"), rows)
     settings = f"{args.steps} steps of batch {args.batch_size}, {args.threads} threads"
-    command = " ".join(["python benchmarks/train_speed.py", f"--prepared {args.prepared}", f"--workdir {args.workdir}",
-                        f"--models {args.models}", f"--steps {args.steps}", f"--batch-size {args.batch_size}",
-                        f"--threads {args.threads}", *([f"--set {' '.join(args.set)}"] if args.set else []),
-                        *([f"--title '{args.title}'"] if args.title else [])])
+    command = shlex.join(["python", *sys.argv])  # as typed; the title states steps, batch and threads
     append_section(args.out.with_suffix(".md"), f"{args.title}: {settings}" if args.title else settings, command,
                    ["| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) - 1),
                     *["| " + " | ".join(str(row[name]) for name in COLUMNS) + " |" for row in rows]])
